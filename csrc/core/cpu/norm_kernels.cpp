@@ -1,0 +1,423 @@
+// CPU kernels of LayerNorm / RMSNorm and their add & norm forms (specs/norm.md §3.1-3.3).
+//
+// Built twice (FASTNORM_ISA = baseline | avx2); norm.cpp validates arguments and picks the build.
+// Plan: OpenMP over rows (forward) or over fixed row blocks (backward). Each row is read from memory
+// once: 16-bit rows are widened into a per-thread fp32 buffer that then stays in L1/L2 for the second
+// pass; fp32/fp64 rows are used in place. Reductions use `omp simd reduction`, whose order is fixed at
+// compile time, so results do not depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "fastnorm/detail/norm_math.h"
+#include "norm_kernels.h"
+
+#ifndef FASTNORM_ISA
+#error "FASTNORM_ISA must name the instruction set this file is built for"
+#endif
+
+namespace fastnorm {
+namespace norm {
+namespace FASTNORM_ISA {
+namespace {
+
+using fastnorm::detail::bf16_to_float;
+using fastnorm::detail::f16_to_float;
+using fastnorm::detail::float_to_bf16;
+using fastnorm::detail::float_to_f16;
+using fastnorm::detail::round_to;
+
+// ---- row I/O ---------------------------------------------------------------------------------------
+// Returns the row as A values: the row itself when its dtype is A, else `buf` after widening.
+template <typename A>
+const A* load_row(const void* src, DType t, int64_t n, A* buf) {
+  switch (t) {
+    case DType::Float32: {
+      const float* p = static_cast<const float*>(src);
+      if constexpr (std::is_same_v<A, float>) return p;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(p[i]);
+      return buf;
+    }
+    case DType::Float64: {
+      const double* p = static_cast<const double*>(src);
+      if constexpr (std::is_same_v<A, double>) return p;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(p[i]);
+      return buf;
+    }
+    case DType::BFloat16: {
+      const uint16_t* p = static_cast<const uint16_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(bf16_to_float(p[i]));
+      return buf;
+    }
+    case DType::Float16: {
+      const uint16_t* p = static_cast<const uint16_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(f16_to_float(p[i]));
+      return buf;
+    }
+    default: return buf;  // unreachable: dtypes are validated
+  }
+}
+
+// Writes n A values to dst in dtype t, rounding to nearest even.
+template <typename A>
+void store_row(void* dst, DType t, int64_t n, const A* v) {
+  switch (t) {
+    case DType::Float32: {
+      float* p = static_cast<float*>(dst);
+      if (static_cast<const void*>(p) == static_cast<const void*>(v)) return;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(v[i]);
+      return;
+    }
+    case DType::Float64: {
+      double* p = static_cast<double*>(dst);
+      if (static_cast<const void*>(p) == static_cast<const void*>(v)) return;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<double>(v[i]);
+      return;
+    }
+    case DType::BFloat16: {
+      uint16_t* p = static_cast<uint16_t*>(dst);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) p[i] = float_to_bf16(static_cast<float>(v[i]));
+      return;
+    }
+    case DType::Float16: {
+      uint16_t* p = static_cast<uint16_t*>(dst);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) p[i] = float_to_f16(static_cast<float>(v[i]));
+      return;
+    }
+    default: return;
+  }
+}
+
+// Where the kernel may compute a row straight into the output: when the output dtype is A itself.
+template <typename A>
+A* direct_out(void* row, DType t, A* tmp) {
+  if constexpr (std::is_same_v<A, float>) { if (t == DType::Float32) return static_cast<A*>(row); }
+  if constexpr (std::is_same_v<A, double>) { if (t == DType::Float64) return static_cast<A*>(row); }
+  return tmp;
+}
+
+inline const char* at(const void* base, int64_t row, int64_t stride, DType t) {
+  return static_cast<const char*>(base) + row * stride * static_cast<int64_t>(dtype_size(t));
+}
+inline char* at(void* base, int64_t row, int64_t stride, DType t) {
+  return static_cast<char*>(base) + row * stride * static_cast<int64_t>(dtype_size(t));
+}
+
+template <typename A>
+A row_sum(const A* v, int64_t n) {
+  A s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+
+// gamma (or 1) and beta (or 0) widened once per call.
+template <typename A>
+std::vector<A> affine_vector(const void* p, DType t, int64_t n, A fill) {
+  std::vector<A> out(static_cast<size_t>(n), fill);
+  if (p != nullptr) {
+    const A* v = load_row<A>(p, t, n, out.data());
+    if (v != out.data()) std::copy(v, v + n, out.begin());
+  }
+  return out;
+}
+
+// Add & norm prologue: s = x + residual in A, rounded to the residual_out dtype, stored, and returned
+// (the norm is applied to the stored s). Plain mode returns x.
+template <typename A, typename P>
+const A* input_row(const P& p, int64_t r, A* buf, A* tmp) {
+  const A* xv = load_row<A>(at(p.x, r, p.x_stride, p.x_dtype), p.x_dtype, p.cols, buf);
+  if (p.residual_out == nullptr) return xv;
+  const int64_t n = p.cols;
+  if (p.residual != nullptr) {
+    const A* rv = load_row<A>(at(p.residual, r, p.residual_stride, p.residual_dtype), p.residual_dtype, n, tmp);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) buf[i] = xv[i] + rv[i];
+  } else if (xv != buf) {
+    std::copy(xv, xv + n, buf);
+  }
+  if (p.residual_out_dtype == DType::BFloat16 || p.residual_out_dtype == DType::Float16) {
+    const DType rt = p.residual_out_dtype;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(round_to(rt, static_cast<float>(buf[i])));
+  }
+  store_row<A>(at(p.residual_out, r, n, p.residual_out_dtype), p.residual_out_dtype, n, buf);
+  return buf;
+}
+
+// Block b of nb covers rows [b*M/nb, (b+1)*M/nb): a partition that depends on (M, N) only.
+inline int64_t block_begin(int64_t b, int64_t nb, int64_t m) { return b * m / nb; }
+
+// Second pass of the weight gradients: partial[b][j] summed in block order, rounded once to t.
+template <typename A>
+void reduce_partials(const A* partial, int64_t nb, int64_t n, void* out, DType t) {
+  if (out == nullptr) return;
+  constexpr int64_t kChunk = 1024;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel
+  {
+    std::vector<A> acc(kChunk);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t j0 = c * kChunk, len = std::min(kChunk, n - j0);
+      std::fill(acc.begin(), acc.begin() + len, A(0));
+      for (int64_t b = 0; b < nb; ++b) {
+        const A* row = partial + b * n + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) acc[j] += row[j];
+      }
+      store_row<A>(static_cast<char*>(out) + j0 * static_cast<int64_t>(dtype_size(t)), t, len, acc.data());
+    }
+  }
+}
+
+// ---- LayerNorm ---------------------------------------------------------------------------------------
+template <typename A>
+void ln_fwd(const LayerNormParams& p) {
+  const int64_t m = p.rows, n = p.cols;
+  const std::vector<A> gamma = affine_vector<A>(p.weight, p.w_dtype, n, A(1));
+  const std::vector<A> beta = affine_vector<A>(p.bias, p.w_dtype, n, A(0));
+  A* mean_out = static_cast<A*>(p.mean);
+  A* rstd_out = static_cast<A*>(p.rstd);
+  const A eps = static_cast<A>(p.eps), inv_n = A(1) / static_cast<A>(n);
+#pragma omp parallel
+  {
+    std::vector<A> buf(n), tmp(n);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      const A* x = input_row<A>(p, r, buf.data(), tmp.data());
+      const A mean = row_sum(x, n) * inv_n;
+      A ss = 0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < n; ++i) ss += (x[i] - mean) * (x[i] - mean);
+      const A rstd = detail::rstd_from(ss * inv_n, eps);
+      if (mean_out) mean_out[r] = mean;
+      if (rstd_out) rstd_out[r] = rstd;
+      char* yrow = at(p.y, r, n, p.y_dtype);
+      A* y = direct_out<A>(yrow, p.y_dtype, tmp.data());
+      const A* g = gamma.data();
+      const A* b = beta.data();
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) y[i] = detail::ln_y(x[i], mean, rstd, g[i], b[i]);
+      store_row<A>(yrow, p.y_dtype, n, y);
+    }
+  }
+}
+
+template <typename A>
+void ln_bwd(const LayerNormBwdParams& p) {
+  const int64_t m = p.rows, n = p.cols;
+  const std::vector<A> gamma = affine_vector<A>(p.weight, p.w_dtype, n, A(1));
+  const A* mean_in = static_cast<const A*>(p.mean);
+  const A* rstd_in = static_cast<const A*>(p.rstd);
+  const bool need_w = p.dweight != nullptr, need_b = p.dbias != nullptr;
+  const int64_t nb = bwd_num_blocks(m, n);
+  A* part_w = static_cast<A*>(p.workspace);
+  A* part_b = part_w + (need_w ? nb * n : 0);
+  const A inv_n = A(1) / static_cast<A>(n);
+#pragma omp parallel
+  {
+    std::vector<A> xbuf(n), dybuf(n), rbuf(n), tmp(n);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      A* pw = need_w ? part_w + blk * n : nullptr;
+      A* pb = need_b ? part_b + blk * n : nullptr;
+      if (pw) std::fill(pw, pw + n, A(0));
+      if (pb) std::fill(pb, pb + n, A(0));
+      for (int64_t r = block_begin(blk, nb, m); r < block_begin(blk + 1, nb, m); ++r) {
+        const A* x = load_row<A>(at(p.x, r, p.x_stride, p.x_dtype), p.x_dtype, n, xbuf.data());
+        const A* dy = load_row<A>(at(p.dy, r, p.dy_stride, p.dy_dtype), p.dy_dtype, n, dybuf.data());
+        const A mean = mean_in[r], rstd = rstd_in[r];
+        const A* g = gamma.data();
+        A sg = 0, sgx = 0;
+#pragma omp simd reduction(+ : sg, sgx)
+        for (int64_t i = 0; i < n; ++i) {
+          const A gi = dy[i] * g[i];
+          sg += gi;
+          sgx += gi * ((x[i] - mean) * rstd);
+        }
+        if (pw) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * ((x[i] - mean) * rstd);
+        }
+        if (pb) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) pb[i] += dy[i];
+        }
+        if (p.dx == nullptr) continue;
+        const A mg = sg * inv_n, mgx = sgx * inv_n;
+        char* dxrow = at(p.dx, r, n, p.dx_dtype);
+        A* dx = direct_out<A>(dxrow, p.dx_dtype, tmp.data());
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) dx[i] = detail::ln_dx(dy[i] * g[i], (x[i] - mean) * rstd, rstd, mg, mgx);
+        if (p.dresidual_out != nullptr) {
+          const A* dr = load_row<A>(at(p.dresidual_out, r, p.dresidual_out_stride, p.dresidual_out_dtype),
+                                    p.dresidual_out_dtype, n, rbuf.data());
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) dx[i] += dr[i];
+        }
+        store_row<A>(dxrow, p.dx_dtype, n, dx);
+      }
+    }
+  }
+  reduce_partials<A>(part_w, nb, n, p.dweight, p.w_dtype);
+  reduce_partials<A>(part_b, nb, n, p.dbias, p.w_dtype);
+}
+
+// ---- RMSNorm -----------------------------------------------------------------------------------------
+template <typename A>
+void rms_fwd(const RMSNormParams& p) {
+  const int64_t m = p.rows, n = p.cols;
+  const Casting c = p.casting;
+  // In add & norm the normalised tensor is the stored sum, so its dtype is the one rounded to.
+  const DType xd = p.residual_out != nullptr ? p.residual_out_dtype : p.x_dtype;
+  std::vector<A> gamma = affine_vector<A>(p.weight, p.w_dtype, n, A(1));
+  if (p.weight != nullptr)
+    for (auto& g : gamma) g = detail::rms_gamma<A>(g, static_cast<A>(p.offset), c, xd);
+  const std::vector<A> beta = affine_vector<A>(p.bias, p.w_dtype, n, A(0));
+  A* rstd_out = static_cast<A*>(p.rstd);
+  const A eps = static_cast<A>(p.eps), inv_n = A(1) / static_cast<A>(n);
+#pragma omp parallel
+  {
+    std::vector<A> buf(n), tmp(n);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      const A* x = input_row<A>(p, r, buf.data(), tmp.data());
+      A ss = 0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+      const A rstd = detail::rms_saved_rstd<A>(detail::rstd_from(ss * inv_n, eps), c, xd);
+      if (rstd_out) rstd_out[r] = rstd;
+      char* yrow = at(p.y, r, n, p.y_dtype);
+      A* y = direct_out<A>(yrow, p.y_dtype, tmp.data());
+      const A* g = gamma.data();
+      const A* b = beta.data();
+      if (c == Casting::Gemma || xd == DType::Float32 || xd == DType::Float64) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) y[i] = detail::rms_y(x[i] * rstd, g[i], b[i]);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) y[i] = detail::rms_y(detail::rms_xhat_fwd(x[i], rstd, c, xd), g[i], b[i]);
+      }
+      store_row<A>(yrow, p.y_dtype, n, y);
+    }
+  }
+}
+
+template <typename A>
+void rms_bwd(const RMSNormBwdParams& p) {
+  const int64_t m = p.rows, n = p.cols;
+  const Casting c = p.casting;
+  const DType xd = p.x_dtype, yd = p.y_dtype;
+  // Rounding only matters where x is 16-bit; the plain loops are the fp32 rule.
+  const bool exact = c == Casting::Gemma || xd == DType::Float32 || xd == DType::Float64;
+  std::vector<A> gamma = affine_vector<A>(p.weight, p.w_dtype, n, A(1));
+  if (p.weight != nullptr)
+    for (auto& g : gamma) g = detail::rms_gamma<A>(g, static_cast<A>(p.offset), c, xd);
+  const A* rstd_in = static_cast<const A*>(p.rstd);
+  const bool need_w = p.dweight != nullptr, need_b = p.dbias != nullptr;
+  const int64_t nb = bwd_num_blocks(m, n);
+  A* part_w = static_cast<A*>(p.workspace);
+  A* part_b = part_w + (need_w ? nb * n : 0);
+  const A inv_n = A(1) / static_cast<A>(n);
+#pragma omp parallel
+  {
+    std::vector<A> xbuf(n), dybuf(n), rbuf(n), tmp(n), gbuf(n), xhbuf(n);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      A* pw = need_w ? part_w + blk * n : nullptr;
+      A* pb = need_b ? part_b + blk * n : nullptr;
+      if (pw) std::fill(pw, pw + n, A(0));
+      if (pb) std::fill(pb, pb + n, A(0));
+      for (int64_t r = block_begin(blk, nb, m); r < block_begin(blk + 1, nb, m); ++r) {
+        const A* x = load_row<A>(at(p.x, r, p.x_stride, xd), xd, n, xbuf.data());
+        const A* dy = load_row<A>(at(p.dy, r, p.dy_stride, p.dy_dtype), p.dy_dtype, n, dybuf.data());
+        const A rstd = rstd_in[r];
+        const A* g = gamma.data();
+        A sgx = 0;
+        if (exact) {
+#pragma omp simd reduction(+ : sgx)
+          for (int64_t i = 0; i < n; ++i) sgx += (dy[i] * g[i]) * (x[i] * rstd);
+          if (pw) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * (x[i] * rstd);
+          }
+        } else {
+          // 16-bit llama/none: the rounded g and xhat are formed once and kept for dx.
+          A* gr = gbuf.data();
+          A* xh = xhbuf.data();
+#pragma omp simd reduction(+ : sgx)
+          for (int64_t i = 0; i < n; ++i) {
+            gr[i] = detail::rms_g<A>(dy[i], g[i], c, xd, yd);
+            xh[i] = detail::rms_xhat_bwd<A>(x[i], rstd, c, xd);
+            sgx += gr[i] * xh[i];
+          }
+          if (pw) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * detail::rms_xhat_dw<A>(x[i], rstd, c, xd);
+          }
+        }
+        if (pb) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) pb[i] += dy[i];
+        }
+        if (p.dx == nullptr) continue;
+        const A mgx = sgx * inv_n;
+        char* dxrow = at(p.dx, r, n, p.dx_dtype);
+        A* dx = direct_out<A>(dxrow, p.dx_dtype, tmp.data());
+        if (exact) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) dx[i] = detail::rms_dx(dy[i] * g[i], x[i] * rstd, rstd, mgx);
+        } else {
+          const A* gr = gbuf.data();
+          const A* xh = xhbuf.data();
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) dx[i] = detail::rms_dx(gr[i], xh[i], rstd, mgx);
+        }
+        if (p.dresidual_out != nullptr) {
+          const A* dr = load_row<A>(at(p.dresidual_out, r, p.dresidual_out_stride, p.dresidual_out_dtype),
+                                    p.dresidual_out_dtype, n, rbuf.data());
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) dx[i] += dr[i];
+        }
+        store_row<A>(dxrow, p.dx_dtype, n, dx);
+      }
+    }
+  }
+  reduce_partials<A>(part_w, nb, n, p.dweight, p.w_dtype);
+  reduce_partials<A>(part_b, nb, n, p.dbias, p.w_dtype);
+}
+
+}  // namespace
+
+// Accumulation type: double for float64 inputs, float otherwise.
+Status layer_norm_fwd(const LayerNormParams& p) {
+  if (p.x_dtype == DType::Float64) ln_fwd<double>(p); else ln_fwd<float>(p);
+  return Status::OK();
+}
+Status layer_norm_bwd(const LayerNormBwdParams& p) {
+  if (p.x_dtype == DType::Float64) ln_bwd<double>(p); else ln_bwd<float>(p);
+  return Status::OK();
+}
+Status rms_norm_fwd(const RMSNormParams& p) {
+  if (p.x_dtype == DType::Float64) rms_fwd<double>(p); else rms_fwd<float>(p);
+  return Status::OK();
+}
+Status rms_norm_bwd(const RMSNormBwdParams& p) {
+  if (p.x_dtype == DType::Float64) rms_bwd<double>(p); else rms_bwd<float>(p);
+  return Status::OK();
+}
+
+}  // namespace FASTNORM_ISA
+}  // namespace norm
+}  // namespace fastnorm

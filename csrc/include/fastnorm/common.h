@@ -1,0 +1,66 @@
+// fastnorm public C++ API: types shared by every family. Torch-free by design (DESIGN.md §1).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "fastnorm/export.h"
+
+namespace fastnorm {
+
+// Element types. An op argument that names a dtype passes this code (-1 = "same as the input").
+// The numbering is fixed: Python passes these integers through the op schemas.
+enum class DType : int32_t {
+  Float32 = 0,
+  Float16 = 1,
+  BFloat16 = 2,
+  Float64 = 3,
+  Int32 = 4,
+  Int64 = 5,
+  UInt8 = 6,
+  Bool = 7,
+};
+
+// Size in bytes of one element of `t` (0 for an unknown code).
+FASTNORM_HD_INLINE size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::Float32: case DType::Int32: return 4;
+    case DType::Float16: case DType::BFloat16: return 2;
+    case DType::Float64: case DType::Int64: return 8;
+    case DType::UInt8: case DType::Bool: return 1;
+  }
+  return 0;
+}
+
+// Human-readable name, used in error messages.
+FASTNORM_API const char* dtype_name(DType t);
+
+enum class StatusCode : int32_t {
+  Ok = 0,
+  InvalidArgument = 1,
+  Unsupported = 2,
+  CudaError = 3,
+  OutOfMemory = 4,
+  Internal = 5,
+};
+
+// Result of every core entry point: no exceptions cross the core boundary. The binding layer turns a
+// non-OK status into an error whose message names the op.
+class Status {
+ public:
+  Status() = default;
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+  static Status OK() { return Status(); }
+  bool ok() const { return code_ == StatusCode::Ok; }
+  StatusCode code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  StatusCode code_ = StatusCode::Ok;
+  std::string message_;
+};
+
+inline Status invalid_argument(std::string msg) { return Status(StatusCode::InvalidArgument, std::move(msg)); }
+inline Status unsupported(std::string msg) { return Status(StatusCode::Unsupported, std::move(msg)); }
+
+}  // namespace fastnorm

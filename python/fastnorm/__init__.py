@@ -1,0 +1,24 @@
+"""fastnorm: hand-written C++/CUDA kernels exposed as ``torch.ops.fastnorm.*``.
+
+Importing the package loads ``fastnorm._C`` (op schemas and CPU kernels) and, when torch was built with
+CUDA, ``fastnorm._C_cuda`` (CUDA kernels) if it was compiled in.
+"""
+import torch  # noqa: F401  (torch must be loaded before the extension libraries)
+
+from . import _build
+from ._build import __version__
+
+_build.load_extensions()
+
+from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
+from . import nn, reference  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "layer_norm",
+    "rms_norm",
+    "add_layer_norm",
+    "add_rms_norm",
+    "nn",
+    "reference",
+]

@@ -1,0 +1,4 @@
+"""Plain-PyTorch references of every fastnorm op (tests and benchmarks compare against them)."""
+from . import norm
+
+__all__ = ["norm"]
