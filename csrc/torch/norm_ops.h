@@ -48,7 +48,7 @@ inline const void* affine_ptr(const std::optional<Tensor>& t) {
   return t->const_data_ptr();
 }
 inline std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
-  if (!t.has_value()) return t;
+  if (!t.has_value() || t->is_contiguous()) return t;
   return torch::stable::contiguous(*t);
 }
 

@@ -156,8 +156,9 @@ TEST_P(Half, TiesToEvenAtEveryMidpoint) {
       const uint16_t s = sign < 0 ? 0x8000u : 0u;
       const float m = static_cast<float>(sign * mid);
       ASSERT_EQ(core_from_float(m, t), static_cast<uint16_t>(even | s)) << "midpoint " << m;
-      const float above = std::nextafter(m, sign * INFINITY);
-      const float below = std::nextafter(m, 0.0f);
+      // nextafterf: the float neighbours (std::nextafter(float, double) would step in double).
+      const float above = std::nextafterf(m, static_cast<float>(sign) * INFINITY);
+      const float below = std::nextafterf(m, 0.0f);
       ASSERT_EQ(core_from_float(above, t), static_cast<uint16_t>((lo_bits + 1) | s)) << "just past " << m;
       ASSERT_EQ(core_from_float(below, t), static_cast<uint16_t>(lo_bits | s)) << "just short of " << m;
     }

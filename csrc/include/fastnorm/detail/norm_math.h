@@ -13,9 +13,17 @@ namespace detail {
 using fastnorm::detail::round_to;
 
 // rstd from a variance (LN) or mean square (RMS); eps inside the root (torch, HF, Apex convention).
-template <typename A> FASTNORM_HD_INLINE A rstd_from(A var, A eps) {
-  return A(1) / std::sqrt(var + eps);
+// Per-row scalars are finished in double: the divisions by N, the sqrt and the reciprocal then cost one
+// rounding (to A) instead of four, and an error in rstd would scale a whole row.
+// rstd = (var + eps)^(-1/2).
+template <typename A> FASTNORM_HD_INLINE A rstd_from(double var, double eps) {
+  return static_cast<A>(1.0 / std::sqrt(var + eps));
 }
+// RMSNorm: var = sum(x^2) / n.
+FASTNORM_HD_INLINE double mean_square(double sum_sq, int64_t n) { return sum_sq / static_cast<double>(n); }
+
+// LayerNorm variance from the sum of squared deviations about the mean (the two-pass formula).
+FASTNORM_HD_INLINE double variance(double sum_d2, int64_t n) { return sum_d2 / static_cast<double>(n); }
 
 // Running moments (count, mean, M2) and Chan et al.'s merge of two partial moments, for rows split
 // into chunks (CUDA: across threads; CPU: never needed since a row is reduced by one thread).
