@@ -16,7 +16,7 @@ bool is_float(DType t) {
 
 bool use_avx2() {
 #if defined(FASTNORM_HAVE_AVX2)
-  static const bool ok = __builtin_cpu_supports("avx2");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return ok;
 #else
   return false;

@@ -6,6 +6,9 @@
 // pass; fp32/fp64 rows are used in place. Reductions (blocked_sum) use `omp simd reduction`, whose order is fixed at
 // compile time, so results do not depend on the thread count.
 #include <omp.h>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <type_traits>
@@ -56,8 +59,15 @@ const A* load_row(const void* src, DType t, int64_t n, A* buf) {
     }
     case DType::Float16: {
       const uint16_t* p = static_cast<const uint16_t*>(src);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(f16_to_float(p[i]));
+      int64_t i = 0;
+#if defined(__F16C__)
+      // The AVX2 build has F16C: 8 conversions per instruction (exact, like the scalar path).
+      if constexpr (std::is_same_v<A, float>) {
+        for (; i + 8 <= n; i += 8)
+          _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+      }
+#endif
+      for (; i < n; ++i) buf[i] = static_cast<A>(f16_to_float(p[i]));
       return buf;
     }
     default: return buf;  // unreachable: dtypes are validated
@@ -90,8 +100,15 @@ void store_row(void* dst, DType t, int64_t n, const A* v) {
     }
     case DType::Float16: {
       uint16_t* p = static_cast<uint16_t*>(dst);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) p[i] = float_to_f16(static_cast<float>(v[i]));
+      int64_t i = 0;
+#if defined(__F16C__)
+      if constexpr (std::is_same_v<A, float>) {
+        for (; i + 8 <= n; i += 8)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
+                           _mm256_cvtps_ph(_mm256_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      }
+#endif
+      for (; i < n; ++i) p[i] = float_to_f16(static_cast<float>(v[i]));
       return;
     }
     default: return;
@@ -185,28 +202,36 @@ const A* input_row(const P& p, int64_t r, A* buf, A* tmp) {
   return buf;
 }
 
+// Below this many elements a fork/join costs more than it saves: run on the calling thread.
+constexpr int64_t kParallelMin = 1 << 15;
+
 // Block b of nb covers rows [b*M/nb, (b+1)*M/nb): a partition that depends on (M, N) only.
 inline int64_t block_begin(int64_t b, int64_t nb, int64_t m) { return b * m / nb; }
 
-// Second pass of the weight gradients: partial[b][j] summed in block order, rounded once to t.
+// Second pass of the weight gradients: partial[b][j] summed in block order, rounded once to t. Both
+// outputs (dweight, dbias; either may be null) are reduced in one parallel region: one fork/join.
 template <typename A>
-void reduce_partials(const A* partial, int64_t nb, int64_t n, void* out, DType t) {
-  if (out == nullptr) return;
+void reduce_partials(const A* part_w, void* dweight, const A* part_b, void* dbias, int64_t nb, int64_t n, DType t) {
+  if (dweight == nullptr && dbias == nullptr) return;
   constexpr int64_t kChunk = 1024;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel
+  const A* parts[2] = {part_w, part_b};
+  void* outs[2] = {dweight, dbias};
+#pragma omp parallel if (nb * n > kParallelMin)
   {
     std::vector<A> acc(kChunk);
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t j0 = c * kChunk, len = std::min(kChunk, n - j0);
+    for (int64_t task = 0; task < 2 * chunks; ++task) {
+      const int which = static_cast<int>(task / chunks);
+      if (outs[which] == nullptr) continue;
+      const int64_t j0 = (task % chunks) * kChunk, len = std::min(kChunk, n - j0);
       std::fill(acc.begin(), acc.begin() + len, A(0));
       for (int64_t b = 0; b < nb; ++b) {
-        const A* row = partial + b * n + j0;
+        const A* row = parts[which] + b * n + j0;
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) acc[j] += row[j];
       }
-      store_row<A>(static_cast<char*>(out) + j0 * static_cast<int64_t>(dtype_size(t)), t, len, acc.data());
+      store_row<A>(static_cast<char*>(outs[which]) + j0 * static_cast<int64_t>(dtype_size(t)), t, len, acc.data());
     }
   }
 }
@@ -219,7 +244,7 @@ void ln_fwd(const LayerNormParams& p) {
   const std::vector<A> beta = affine_vector<A>(p.bias, p.w_dtype, n, A(0));
   A* mean_out = static_cast<A*>(p.mean);
   A* rstd_out = static_cast<A*>(p.rstd);
-#pragma omp parallel
+#pragma omp parallel if (m * n > kParallelMin)
   {
     std::vector<A> buf(n), tmp(n);
 #pragma omp for schedule(static)
@@ -254,7 +279,7 @@ void ln_bwd(const LayerNormBwdParams& p) {
   A* part_w = static_cast<A*>(p.workspace);
   A* part_b = part_w + (need_w ? nb * n : 0);
   const double dn = static_cast<double>(n);
-#pragma omp parallel
+#pragma omp parallel if (m * n > kParallelMin)
   {
     std::vector<A> xbuf(n), dybuf(n), rbuf(n), tmp(n);
 #pragma omp for schedule(static)
@@ -296,8 +321,7 @@ void ln_bwd(const LayerNormBwdParams& p) {
       }
     }
   }
-  reduce_partials<A>(part_w, nb, n, p.dweight, p.w_dtype);
-  reduce_partials<A>(part_b, nb, n, p.dbias, p.w_dtype);
+  reduce_partials<A>(part_w, p.dweight, part_b, p.dbias, nb, n, p.w_dtype);
 }
 
 // ---- RMSNorm -----------------------------------------------------------------------------------------
@@ -312,7 +336,7 @@ void rms_fwd(const RMSNormParams& p) {
     for (auto& g : gamma) g = detail::rms_gamma<A>(g, static_cast<A>(p.offset), c, xd);
   const std::vector<A> beta = affine_vector<A>(p.bias, p.w_dtype, n, A(0));
   A* rstd_out = static_cast<A*>(p.rstd);
-#pragma omp parallel
+#pragma omp parallel if (m * n > kParallelMin)
   {
     std::vector<A> buf(n), tmp(n);
 #pragma omp for schedule(static)
@@ -353,7 +377,7 @@ void rms_bwd(const RMSNormBwdParams& p) {
   A* part_w = static_cast<A*>(p.workspace);
   A* part_b = part_w + (need_w ? nb * n : 0);
   const double dn = static_cast<double>(n);
-#pragma omp parallel
+#pragma omp parallel if (m * n > kParallelMin)
   {
     std::vector<A> xbuf(n), dybuf(n), rbuf(n), tmp(n), gbuf(n), xhbuf(n);
 #pragma omp for schedule(static)
@@ -416,8 +440,7 @@ void rms_bwd(const RMSNormBwdParams& p) {
       }
     }
   }
-  reduce_partials<A>(part_w, nb, n, p.dweight, p.w_dtype);
-  reduce_partials<A>(part_b, nb, n, p.dbias, p.w_dtype);
+  reduce_partials<A>(part_w, p.dweight, part_b, p.dbias, nb, n, p.w_dtype);
 }
 
 }  // namespace
