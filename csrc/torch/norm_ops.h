@@ -235,7 +235,6 @@ struct Impl {
     p.dbias = need_db ? db.mutable_data_ptr() : nullptr;
     Tensor ws = workspace(x, B::layer_norm_bwd_workspace_bytes(p));
     p.workspace = ws.defined() ? ws.mutable_data_ptr() : nullptr;
-    zero_if_no_rows(p.rows, dw, db, need_dw, need_db);
     check_status(B::layer_norm_bwd(p, x), op);
     return {dx, dw, db};
   }
@@ -279,7 +278,6 @@ struct Impl {
     p.dbias = need_db ? db.mutable_data_ptr() : nullptr;
     Tensor ws = workspace(x, B::rms_norm_bwd_workspace_bytes(p));
     p.workspace = ws.defined() ? ws.mutable_data_ptr() : nullptr;
-    zero_if_no_rows(p.rows, dw, db, need_dw, need_db);
     check_status(B::rms_norm_bwd(p, x), op);
     return {dx, dw, db};
   }
@@ -289,12 +287,6 @@ struct Impl {
   static Tensor workspace(const Tensor& x, size_t bytes) {
     if (bytes == 0) return Tensor();
     return empty_like_shape(x, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
-  }
-  // With no rows the kernels write nothing: the weight gradients of an empty batch are zero.
-  static void zero_if_no_rows(int64_t rows, Tensor& dw, Tensor& db, bool need_dw, bool need_db) {
-    if (rows != 0) return;
-    if (need_dw) torch::stable::zero_(dw);
-    if (need_db) torch::stable::zero_(db);
   }
 };
 

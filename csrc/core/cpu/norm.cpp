@@ -52,6 +52,8 @@ Status check_fwd(const P& p, const char* op) {
       return unsupported(o + ": residual_out must be float64 for float64 x");
     if (p.residual != nullptr && p.residual_dtype != p.x_dtype && p.residual_dtype != DType::Float32)
       return unsupported(o + ": residual dtype must be x's dtype or float32");
+    if (p.residual != nullptr && p.rows > 1 && p.residual_stride < p.cols)
+      return invalid_argument(o + ": residual row stride is smaller than cols");
   } else if (p.residual != nullptr) {
     return invalid_argument(o + ": residual given without residual_out");
   }
@@ -68,6 +70,10 @@ Status check_bwd(const P& p, const char* op) {
   if (p.rows > 0 && p.cols > 0 && (p.dy == nullptr || p.rstd == nullptr))
     return invalid_argument(o + ": dy and rstd are required");
   if (p.rows > 1 && p.dy_stride < p.cols) return invalid_argument(o + ": dy row stride is smaller than cols");
+  if (p.dresidual_out != nullptr && p.rows > 1 && p.dresidual_out_stride < p.cols)
+    return invalid_argument(o + ": dresidual_out row stride is smaller than cols");
+  if (p.dresidual_out != nullptr && !is_float(p.dresidual_out_dtype))
+    return unsupported(o + ": dresidual_out dtype is not a float type");
   if ((p.dweight != nullptr || p.dbias != nullptr) && p.workspace == nullptr && p.rows > 0 && p.cols > 0)
     return invalid_argument(o + ": workspace is required for dweight/dbias");
   return Status::OK();

@@ -236,6 +236,16 @@ void reduce_partials(const A* part_w, void* dweight, const A* part_b, void* dbia
   }
 }
 
+// With no rows the weight gradients are zero (and no workspace is needed).
+template <typename A, typename P>
+bool zero_grads_if_no_rows(const P& p) {
+  if (p.rows != 0) return false;
+  const std::vector<A> zeros(static_cast<size_t>(p.cols), A(0));
+  if (p.dweight != nullptr) store_row<A>(p.dweight, p.w_dtype, p.cols, zeros.data());
+  if (p.dbias != nullptr) store_row<A>(p.dbias, p.w_dtype, p.cols, zeros.data());
+  return true;
+}
+
 // ---- LayerNorm ---------------------------------------------------------------------------------------
 template <typename A>
 void ln_fwd(const LayerNormParams& p) {
@@ -270,6 +280,7 @@ void ln_fwd(const LayerNormParams& p) {
 
 template <typename A>
 void ln_bwd(const LayerNormBwdParams& p) {
+  if (zero_grads_if_no_rows<A>(p)) return;
   const int64_t m = p.rows, n = p.cols;
   const std::vector<A> gamma = affine_vector<A>(p.weight, p.w_dtype, n, A(1));
   const A* mean_in = static_cast<const A*>(p.mean);
@@ -363,6 +374,7 @@ void rms_fwd(const RMSNormParams& p) {
 
 template <typename A>
 void rms_bwd(const RMSNormBwdParams& p) {
+  if (zero_grads_if_no_rows<A>(p)) return;
   const int64_t m = p.rows, n = p.cols;
   const Casting c = p.casting;
   const DType xd = p.x_dtype, yd = p.y_dtype;
