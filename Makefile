@@ -39,7 +39,7 @@ test: test-cpp test-python
 bench: install test-cpp
 	@mkdir -p bench/out
 	$(PY) -m pytest bench/python -q --benchmark-json=bench/out/bench_python.json
-	build/cpp/bench/cpp/fastnorm_bench_norm --benchmark_min_time=0.2s --benchmark_out=bench/out/bench_cpp.json \
+	build/cpp/bench/cpp/fastnorm_bench_norm --benchmark_min_time=0.2 --benchmark_out=bench/out/bench_cpp.json \
 	  --benchmark_out_format=json
 
 cuda-build: setup

@@ -8,44 +8,46 @@
 // Kernel plan
 // -----------
 // Dtypes. Every tensor operand (x, residual, weight/bias, y, residual_out, dy, dx, dresidual_out) carries
-// its dtype at run time. Kernels are templated only on the accumulation type A and the vector width VEC =
-// 16 bytes / sizeof(x) (8 for 16-bit x, 4 for f32, 2 for f64), plus the number NV of VEC-tiles a thread
-// holds. Each operand is read or written through one `switch` on its dtype per row (not per element), so
-// every dtype combination runs the same vectorised code; there is no slow generic path and only a few
-// dozen instantiations.
+// its dtype at run time and is read or written through one `switch` on it per row and operand (not per
+// element), so every dtype combination runs the same vectorised code. Kernels are templated only on the
+// accumulation type A, the tile width VEC and the tiles per thread NV, a few dozen instantiations.
 //
 // Layout. A row is cut into tiles of VEC contiguous elements; the TPR threads of a row (TPR a power of
-// two, 1..512) own tiles tx, tx + TPR, ... (NV of them), so a warp reads consecutive 16-byte pieces. A
-// tile is accessed with one vector load/store (16 bytes for x's dtype; 2-64 bytes for the other operands)
-// when that operand's row pointer is suitably aligned and the tile lies inside the row, else element by
-// element (odd N, rows misaligned by an element, the tail of a row). Alignment is tested per row and
-// operand, so a misaligned view costs speed only for that operand. 64-bit offsets throughout.
+// two) own tiles tx, tx + TPR, ... (NV of them), so a warp touches consecutive pieces of the row.
+// Fast path: VEC = 16 bytes / sizeof(x) (8 for 16-bit x, 4 for f32, 2 for f64), taken when N % VEC == 0
+// and every operand's base pointer and row stride allow VEC-element vector accesses (checked once on the
+// host). A tile is then wholly inside or wholly past the row and is moved by one vector access (16 bytes
+// for x's dtype, 4-64 bytes for the others); the kernels contain no scalar paths, which keeps registers
+// and code size down. Anything else (odd N such as 4095, views misaligned by an element, odd strides)
+// takes the same chunked kernels instantiated with VEC = 1: element-wise but coalesced (a warp reads 32
+// consecutive elements), correct for every layout. 64-bit offsets throughout.
 //
-// Forward, N <= 32768 (16-bit x) / 16384 (f32) / 8192 (f64): `fwd_kernel`. The row stays in registers
-// (NV*VEC values per thread, at most 64); TPR <= 32 lanes per row for short rows (several rows per
-// 128-thread block, warp-shuffle reductions), one block of up to 512 threads per row for long ones
-// (shuffles + a shared-memory step). LayerNorm takes two passes over the registers (mean, then
-// sum((x - mean)^2)), RMSNorm one (sum(x^2)).
-// Forward, longer rows: `fwd_chunked_kernel`, one 512-thread block per row walks the row in chunks of
-// 512*4*VEC elements; pass 1 forms per-thread two-pass chunk moments merged with Chan's formula (norm_math
-// merge()) then merged across the block in a fixed tree; pass 2 re-reads the row (from L2) and writes y.
+// Forward, fast path, N <= 16384 (16-bit x) / 16384 (f32) / 8192 (f64): `fwd_kernel`. The row stays in
+// registers (NV*VEC <= 32 values of A per thread). Short rows get TPR <= 32 lanes (several rows per
+// 128-thread block, warp-shuffle reductions), long rows one block of up to 512 threads (shuffles + a
+// shared-memory step). LayerNorm takes two passes over the registers (mean, then sum((x - mean)^2)),
+// RMSNorm one (sum(x^2)).
+// Forward, longer rows or the VEC = 1 path: `fwd_chunked_kernel`, one block per row walks the row in
+// chunks of TPR*NV*VEC elements; pass 1 forms per-thread two-pass chunk moments, merged over chunks with
+// Chan's formula (norm_math merge()) and across the block in a fixed tree; pass 2 re-reads the row (from
+// L1/L2) and writes y.
 // Add & norm: s = x + residual is summed in A, rounded to residual_out's dtype and stored; the norm is
 // applied to the stored s (pass 2 of the chunked kernel re-reads it from residual_out).
 //
-// Backward, N <= 16384 (f16/bf16/f32) / 8192 (f64): `bwd_kernel`, deterministic and atomic-free. The grid
-// is nb = bwd_blocks(M) CTAs (a function of M only, never of the device); CTA b owns the contiguous rows
-// [b*M/nb, (b+1)*M/nb). Inside a CTA, 256/TPR row slots (or one slot of TPR >= 256 threads) take those
-// rows in turn; x and dy of a row stay in registers, pass 1 forms g = dy*gamma and xhat (with the
-// forward's rounding points for RMSNorm llama/none), the row sums, and adds dy*xhat and dy into the
-// slot's fp32 (fp64) dweight/dbias partials in shared memory (each thread owns fixed columns, so no two
-// threads touch one entry); pass 2 (after the row reduction) writes dx (+ dresidual_out, then the one
-// rounding). At the end the CTA sums its slots in slot order and writes its partial row to
-// workspace[b][:]. When dx alone is wanted the same kernel runs on ceil(M / slots) CTAs, no workspace.
-// Backward, longer rows (or too little shared memory on the device for the partials): dx from
-// `bwd_dx_chunked_kernel` (a 512-thread block per row, two chunked passes, the second from L2), and the
+// Backward, fast path, N <= 16384 (f16/bf16/f32) / 8192 (f64): `bwd_kernel`, deterministic and atomic-free.
+// The grid is nb = bwd_blocks(M) CTAs (a function of M only, never of the device); CTA b owns the
+// contiguous rows [b*M/nb, (b+1)*M/nb). Inside a CTA, 256/TPR row slots (or one slot of TPR >= 256
+// threads) take those rows in turn; x and dy of a row stay in registers; pass 1 forms g = dy*gamma and
+// xhat (with the forward's rounding points for RMSNorm llama/none), the row sums, and adds dy*xhat and dy
+// into the slot's fp32 (fp64) dweight/dbias partials in shared memory (each thread owns fixed columns,
+// so no two threads touch one entry); pass 2 (after the row reduction) writes dx (+ dresidual_out, then
+// the one rounding). At the end the CTA sums its slots in slot order into its partial row workspace[b][:].
+// When dx alone is wanted the same kernel runs on ceil(M / slots) CTAs and needs no workspace.
+// Backward, longer rows, the VEC = 1 path, or too little shared memory on the device for the partials:
+// dx from `bwd_dx_chunked_kernel` (a block per row, two chunked passes, the second from L1/L2), the
 // partials from `bwd_dwdb_kernel`, a column-tiled kernel over the same nb row blocks.
-// Both paths end with `reduce_partials_kernel`: dweight[j] = sum over b = 0..nb-1 in a fixed order of
-// workspace[b][j], rounded once to the weight dtype. Workspace: (#requested of dweight, dbias) * nb * N
+// Both paths end with `reduce_partials_kernel`: dweight[j] = sum over b = 0..nb-1 of workspace[b][j] in
+// a fixed order, rounded once to the weight dtype. Workspace: (number of dweight, dbias requested) * nb * N
 // values of A.
 //
 // Nothing here synchronises the stream; every launch is followed by cudaGetLastError.
@@ -76,8 +78,9 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxRowThreads = 512;   // threads on one row in the register-resident kernels
 constexpr int kFwdMinThreads = 128;   // forward block size when rows are short (several rows per block)
 constexpr int kBwdMinThreads = 256;   // backward CTA size when rows are short
-constexpr int kChunkThreads = 512;    // threads on one row in the chunked kernels
-constexpr int kChunkNv = 4;           // tiles per thread per chunk in the chunked kernels
+constexpr int kChunkThreads = 512;    // most threads on one row in the chunked kernels
+constexpr int kChunkNv = 4;           // tiles per thread per chunk, chunked kernels on the fast path
+constexpr int kScalarNv = 8;          // elements per thread per chunk on the VEC = 1 path
 constexpr int kColThreads = 32;       // bwd_dwdb_kernel / reduce_partials_kernel: threads across columns
 constexpr int kRowThreads = 8;        //   ... and across rows (or row blocks)
 constexpr int64_t kMaxGrid = int64_t(1) << 30;
@@ -99,48 +102,36 @@ int64_t bwd_blocks(int64_t rows) {
 // VEC elements of storage type D as one aligned aggregate, so that the compiler emits vector accesses
 // (16 bytes at most per instruction).
 template <typename D, int VEC>
-struct PackAlign {
-  static constexpr int bytes = VEC * static_cast<int>(sizeof(D));
-  static constexpr int value = bytes < 16 ? bytes : 16;
-};
+constexpr int pack_align() {
+  return VEC * static_cast<int>(sizeof(D)) < 16 ? VEC * static_cast<int>(sizeof(D)) : 16;
+}
 template <typename D, int VEC>
-struct alignas(PackAlign<D, VEC>::value) Pack {
+struct alignas(pack_align<D, VEC>()) Pack {
   D d[VEC];
 };
 
-// Whether tiles of `row` may use vector accesses: every tile starts at a multiple of VEC elements, so
-// the row pointer's alignment decides.
-template <typename D, int VEC>
-__device__ __forceinline__ bool is_aligned(const void* row) {
-  return (reinterpret_cast<uintptr_t>(row) & (PackAlign<D, VEC>::value - 1)) == 0;
-}
-
-// Loads the VEC elements at columns c0.. of `row` as A; elements at or past n read as 0.
+// Tiles are wholly inside the row (c0 < n) or wholly past it (the host guarantees n % VEC == 0 and
+// VEC-aligned rows), so one vector access, or none, moves a tile. Tiles past the row read as 0.
 template <typename D, typename A, int VEC>
-__device__ __forceinline__ void tile_load(const D* row, int64_t c0, int64_t n, bool vec, A (&v)[VEC]) {
-  if (vec && c0 + VEC <= n) {
+__device__ __forceinline__ void tile_load(const D* row, int64_t c0, int64_t n, A (&v)[VEC]) {
+  if (c0 < n) {
     const Pack<D, VEC> pk = *reinterpret_cast<const Pack<D, VEC>*>(row + c0);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) v[e] = fd::load_as<D, A>(pk.d[e]);
   } else {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = c0 + e < n ? fd::load_as<D, A>(row[c0 + e]) : A(0);
+    for (int e = 0; e < VEC; ++e) v[e] = A(0);
   }
 }
 
-// Stores the elements of a tile that lie before column n, rounding to nearest even.
+// Stores a tile that lies inside the row, rounding to nearest even.
 template <typename D, typename A, int VEC>
-__device__ __forceinline__ void tile_store(D* row, int64_t c0, int64_t n, bool vec, const A (&v)[VEC]) {
-  if (vec && c0 + VEC <= n) {
-    Pack<D, VEC> pk;
+__device__ __forceinline__ void tile_store(D* row, int64_t c0, int64_t n, const A (&v)[VEC]) {
+  if (c0 >= n) return;
+  Pack<D, VEC> pk;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) pk.d[e] = fd::store_from<D, A>(v[e]);
-    *reinterpret_cast<Pack<D, VEC>*>(row + c0) = pk;
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e)
-      if (c0 + e < n) row[c0 + e] = fd::store_from<D, A>(v[e]);
-  }
+  for (int e = 0; e < VEC; ++e) pk.d[e] = fd::store_from<D, A>(v[e]);
+  *reinterpret_cast<Pack<D, VEC>*>(row + c0) = pk;
 }
 
 // Calls f(D{}) with D the storage type of dtype t. validate() has rejected non-float dtypes.
@@ -152,6 +143,16 @@ __device__ __forceinline__ void with_dtype(DType t, F&& f) {
     case DType::Float64: f(double{}); break;
     default: f(float{}); break;
   }
+}
+
+// One tile of a row whose dtype is known only at run time (weight and bias, loaded tile by tile so that
+// the arithmetic that follows exists once, not once per dtype).
+template <typename A, int VEC>
+__device__ __forceinline__ void tile_load_dt(const void* row, DType t, int64_t c0, int64_t n, A (&v)[VEC]) {
+  with_dtype(t, [&](auto tag) {
+    using D = decltype(tag);
+    tile_load<D, A, VEC>(static_cast<const D*>(row), c0, n, v);
+  });
 }
 
 // First column of tile j of thread tx (of tpr) in a chunk starting at col0.
@@ -167,9 +168,8 @@ __device__ __forceinline__ void load_row(const void* row, DType t, int64_t col0,
   with_dtype(t, [&](auto tag) {
     using D = decltype(tag);
     const D* r = static_cast<const D*>(row);
-    const bool vec = is_aligned<D, VEC>(r);
 #pragma unroll
-    for (int j = 0; j < NV; ++j) tile_load<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, vec, v[j]);
+    for (int j = 0; j < NV; ++j) tile_load<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, v[j]);
   });
 }
 
@@ -179,11 +179,10 @@ __device__ __forceinline__ void add_row(const void* row, DType t, int64_t col0, 
   with_dtype(t, [&](auto tag) {
     using D = decltype(tag);
     const D* r = static_cast<const D*>(row);
-    const bool vec = is_aligned<D, VEC>(r);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       A a[VEC];
-      tile_load<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, vec, a);
+      tile_load<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, a);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) v[j][e] += a[e];
     }
@@ -196,9 +195,8 @@ __device__ __forceinline__ void store_row(void* row, DType t, int64_t col0, int6
   with_dtype(t, [&](auto tag) {
     using D = decltype(tag);
     D* r = static_cast<D*>(row);
-    const bool vec = is_aligned<D, VEC>(r);
 #pragma unroll
-    for (int j = 0; j < NV; ++j) tile_store<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, vec, v[j]);
+    for (int j = 0; j < NV; ++j) tile_store<D, A, VEC>(r, tile_col<VEC>(col0, j, tpr, tx), n, v[j]);
   });
 }
 
@@ -282,22 +280,42 @@ __device__ __forceinline__ nd::Moments<A> thread_moments(const A (&v)[NV][VEC], 
   A cnt = 0, s = 0;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
-    const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
+    if (tile_col<VEC>(col0, j, tpr, tx) >= n) continue;
+    cnt += A(VEC);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e)
-      if (c0 + e < n) { cnt += A(1); s += v[j][e]; }
+    for (int e = 0; e < VEC; ++e) s += v[j][e];
   }
   if (cnt == A(0)) return nd::Moments<A>{A(0), A(0), A(0)};
   const A mu = s / cnt;
   A m2 = 0;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
-    const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
+    if (tile_col<VEC>(col0, j, tpr, tx) >= n) continue;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e)
-      if (c0 + e < n) { const A d = v[j][e] - mu; m2 += d * d; }
+    for (int e = 0; e < VEC; ++e) { const A d = v[j][e] - mu; m2 += d * d; }
   }
   return nd::Moments<A>{cnt, mu, m2};
+}
+
+// Whether a kernel can see 16-bit x, the only case where RMSNorm llama/none round anything (the host
+// passes Casting::Gemma otherwise, as the CPU's "exact" path). Only these kernels carry that code.
+template <typename A, int VEC>
+constexpr bool may_round() {
+  return VEC == 8 || (VEC == 1 && std::is_same<A, float>::value);
+}
+
+// 1/N as the CPU forms it, A(1) / A(N), computed on the host (a division in the kernel would add a
+// slow-path subroutine call and the register saves around it).
+template <typename A, typename P>
+__device__ __forceinline__ A inv_cols(const P& p) {
+  if constexpr (std::is_same<A, double>::value) return p.inv_n_d; else return p.inv_n_f;
+}
+
+// Rows of block b out of G: the first rows % G blocks take rows / G + 1 rows, the others rows / G.
+// A function of (rows, G) only, and free of 64-bit divisions in the kernel.
+__device__ __forceinline__ void block_rows(int64_t b, int64_t q, int64_t r, int64_t& begin, int64_t& end) {
+  begin = b * q + (b < r ? b : r);
+  end = begin + q + (b < r ? 1 : 0);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -314,9 +332,11 @@ struct FwdArgs {
   char* ro; int64_t ro_row_b; DType ro_dt;               // residual_out; non-null selects add & norm
   void* mean; void* rstd;                                // [rows] of A, or null
   double eps, offset;
+  float inv_n_f; double inv_n_d;                         // 1/N in the accumulation type (host-computed)
   Casting casting;  // RMSNorm: Gemma whenever the normalised dtype is f32/f64 (rounding is then the identity)
   DType xd;         // RMSNorm: dtype that llama/none round to (residual_out's in add & norm, else x's)
-  int tpr;          // threads per row (register kernel)
+  int tpr;          // threads per row (register kernel), a power of two
+  int tpr_log2;
 };
 
 // s = x (+ residual) for this thread's tiles; in add & norm mode rounded to and stored as residual_out.
@@ -330,58 +350,58 @@ __device__ __forceinline__ void fwd_input(const FwdArgs& p, int64_t row, int64_t
   store_row<A, VEC, NV>(p.ro + row * p.ro_row_b, p.ro_dt, col0, p.cols, tpr, tx, v);
 }
 
-// y = affine(normalised s) for this thread's tiles, computed in place in v and stored.
+// y = affine(normalised s) for this thread's tiles, computed in place in v and stored. Weight and bias
+// are read a tile at a time (they stay in L1/L2 across rows).
+template <typename A, int VEC, int NV, bool kRms, bool kG>
+__device__ __forceinline__ void fwd_affine(const FwdArgs& p, int64_t col0, int tpr, int tx, A mean, A rstd,
+                                           A (&v)[NV][VEC]) {
+  const int64_t n = p.cols;
+  // kG: RMSNorm casting is (equivalent to) gemma, so the rounding helpers fold away at compile time.
+  const Casting c = kG ? Casting::Gemma : p.casting;
+  const A offset = static_cast<A>(p.offset);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
+    if (c0 >= n) continue;
+    A g[VEC], bb[VEC];
+    if (p.w != nullptr) {
+      tile_load_dt<A, VEC>(p.w, p.w_dt, c0, n, g);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) g[e] = A(1);
+    }
+    if (p.b != nullptr) {
+      tile_load_dt<A, VEC>(p.b, p.w_dt, c0, n, bb);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) bb[e] = A(0);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      if constexpr (kRms) {
+        // The offset is applied to a present weight only; absent weight means gamma = 1.
+        const A ge = p.w != nullptr ? nd::rms_gamma<A>(g[e], offset, c, p.xd) : A(1);
+        v[j][e] = nd::rms_y<A>(nd::rms_xhat_fwd<A>(v[j][e], rstd, c, p.xd), ge, bb[e]);
+      } else {
+        v[j][e] = nd::ln_y<A>(v[j][e], mean, rstd, g[e], bb[e]);
+      }
+    }
+  }
+  (void)c;
+  (void)offset;
+}
+
 template <typename A, int VEC, int NV, bool kRms>
 __device__ __forceinline__ void fwd_output(const FwdArgs& p, int64_t row, int64_t col0, int tpr, int tx, A mean,
                                            A rstd, A (&v)[NV][VEC]) {
-  const int64_t n = p.cols;
-  with_dtype(p.w_dt, [&](auto tag) {
-    using W = decltype(tag);
-    const W* w = static_cast<const W*>(p.w);
-    const W* b = static_cast<const W*>(p.b);
-    const bool wvec = w != nullptr && is_aligned<W, VEC>(w);
-    const bool bvec = b != nullptr && is_aligned<W, VEC>(b);
-    // kG: the casting is (equivalent to) gemma, so the rounding helpers fold away at compile time.
-    auto body = [&](auto gemma) {
-      constexpr bool kG = decltype(gemma)::value;
-      const Casting c = kG ? Casting::Gemma : p.casting;
-      const A offset = static_cast<A>(p.offset);
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
-        if (c0 >= n) continue;
-        A g[VEC], bb[VEC];
-        if (w != nullptr) {
-          tile_load<W, A, VEC>(w, c0, n, wvec, g);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) g[e] = A(1);
-        }
-        if (b != nullptr) {
-          tile_load<W, A, VEC>(b, c0, n, bvec, bb);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) bb[e] = A(0);
-        }
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          if constexpr (kRms) {
-            // The offset is applied to a present weight only; absent weight means gamma = 1.
-            const A ge = w != nullptr ? nd::rms_gamma<A>(g[e], offset, c, p.xd) : A(1);
-            v[j][e] = nd::rms_y<A>(nd::rms_xhat_fwd<A>(v[j][e], rstd, c, p.xd), ge, bb[e]);
-          } else {
-            v[j][e] = nd::ln_y<A>(v[j][e], mean, rstd, g[e], bb[e]);
-          }
-        }
-      }
-    };
-    if constexpr (!kRms) {
-      body(std::true_type{});
-    } else {
-      if (p.casting == Casting::Gemma) body(std::true_type{}); else body(std::false_type{});
-    }
-  });
-  store_row<A, VEC, NV>(p.y + row * p.y_row_b, p.y_dt, col0, n, tpr, tx, v);
+  if constexpr (!kRms || !may_round<A, VEC>()) {
+    fwd_affine<A, VEC, NV, kRms, true>(p, col0, tpr, tx, mean, rstd, v);
+  } else if (p.casting == Casting::Gemma) {
+    fwd_affine<A, VEC, NV, true, true>(p, col0, tpr, tx, mean, rstd, v);
+  } else {
+    fwd_affine<A, VEC, NV, true, false>(p, col0, tpr, tx, mean, rstd, v);
+  }
+  store_row<A, VEC, NV>(p.y + row * p.y_row_b, p.y_dt, col0, p.cols, tpr, tx, v);
 }
 
 // Register-resident forward: blockDim.x / tpr rows per block, NV tiles of VEC per thread.
@@ -390,10 +410,10 @@ __global__ void __launch_bounds__(kMaxRowThreads) fwd_kernel(const FwdArgs p) {
   __shared__ A red[kWarp];
   const int tpr = p.tpr;
   const int tx = threadIdx.x & (tpr - 1);
-  const int slot = threadIdx.x / tpr;
-  const int slots = blockDim.x / tpr;
+  const int slot = threadIdx.x >> p.tpr_log2;
+  const int slots = blockDim.x >> p.tpr_log2;
   const int64_t n = p.cols;
-  const A inv_n = A(1) / static_cast<A>(n);
+  const A inv_n = inv_cols<A>(p);
   const A eps = static_cast<A>(p.eps);
   // All threads of a block run the same iterations (reductions need every lane); with several rows
   // per block the rows past the end compute on zeros and store nothing.
@@ -430,10 +450,9 @@ __global__ void __launch_bounds__(kMaxRowThreads) fwd_kernel(const FwdArgs p) {
       A q[1] = {A(0)};
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
-        const int64_t c0 = tile_col<VEC>(0, j, tpr, tx);
+        if (tile_col<VEC>(0, j, tpr, tx) >= n) continue;  // tiles past the row hold 0, not x
 #pragma unroll
-        for (int e = 0; e < VEC; ++e)
-          if (c0 + e < n) { const A d = v[j][e] - mean; q[0] += d * d; }
+        for (int e = 0; e < VEC; ++e) { const A d = v[j][e] - mean; q[0] += d * d; }
       }
       row_allreduce<1>(q, tpr, red);
       rstd = nd::rstd_from<A>(q[0] * inv_n, eps);
@@ -456,7 +475,7 @@ __global__ void __launch_bounds__(kChunkThreads) fwd_chunked_kernel(const FwdArg
   const int tpr = blockDim.x, tx = threadIdx.x;
   const int64_t n = p.cols;
   const int64_t chunk = static_cast<int64_t>(tpr) * NV * VEC;
-  const A inv_n = A(1) / static_cast<A>(n);
+  const A inv_n = inv_cols<A>(p);
   const A eps = static_cast<A>(p.eps);
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     // Pass 1: moments (LN) or the sum of squares (RMS); add & norm stores s as it goes.
@@ -524,85 +543,88 @@ struct BwdArgs {
   const void* w; DType w_dt;
   char* dx; int64_t dx_row_b; DType dx_dt;                 // null: no input gradient
   void* ws_w; void* ws_b;                                  // partial rows [nb][cols] of A, or null
+  int64_t rows_q, rows_r;                                  // row blocks: rows / grid, rows % grid
   double offset;
+  float inv_n_f; double inv_n_d;                           // 1/N in the accumulation type (host-computed)
   Casting casting;  // RMSNorm: Gemma whenever x is f32/f64 (the CPU's "exact" path)
   DType xd, yd;     // RMSNorm: x's and the forward output's dtype (llama/none rounding points)
-  int tpr;
+  int tpr;          // threads per row (fused kernel), a power of two
+  int tpr_log2;
 };
 
 // Pass 1 over this thread's tiles of one row: g = dy * gamma and xhat (RMSNorm: with the forward's
-// rounding points), the row sums (LN: sum g, sum g*xhat; RMS: sum g*xhat) and, when acc_w/acc_b are
-// given, the weight-gradient partials dy*xhat and dy at index (j*VEC + e)*tpr + tx. On entry xv/gv hold
-// x/dy, on exit xhat/g. Columns at or past n are skipped.
+// rounding points; kG: gemma, where they fold away), the row sums (LN: sum g, sum g*xhat; RMS: sum g*xhat)
+// and, when use_w/use_b, dy*xhat and dy added into this thread's NV*VEC partials acc_w/acc_b at
+// j*VEC + e. On entry xv/gv hold x/dy, on exit xhat/g. Tiles past the row are skipped.
+template <typename A, int VEC, int NV, bool kRms, bool kG>
+__device__ __forceinline__ void bwd_pass1_impl(const BwdArgs& p, int64_t col0, int tpr, int tx, A mean, A rstd,
+                                               A (&xv)[NV][VEC], A (&gv)[NV][VEC], A (&sums)[2], A* acc_w,
+                                               A* acc_b, bool use_w, bool use_b) {
+  const int64_t n = p.cols;
+  const Casting c = kG ? Casting::Gemma : p.casting;
+  const A offset = static_cast<A>(p.offset);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
+    if (c0 >= n) continue;
+    A wt[VEC];
+    if (p.w != nullptr) {
+      tile_load_dt<A, VEC>(p.w, p.w_dt, c0, n, wt);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) wt[e] = A(1);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const A x = xv[j][e], dy = gv[j][e];
+      A xh, g, xdw;
+      if constexpr (kRms) {
+        const A ge = p.w != nullptr ? nd::rms_gamma<A>(wt[e], offset, c, p.xd) : A(1);
+        if constexpr (kG) {
+          g = dy * ge;
+          xh = x * rstd;
+          xdw = xh;
+        } else {
+          g = nd::rms_g<A>(dy, ge, c, p.xd, p.yd);
+          xh = nd::rms_xhat_bwd<A>(x, rstd, c, p.xd);
+          xdw = nd::rms_xhat_dw<A>(x, rstd, c, p.xd);
+        }
+        sums[0] += g * xh;
+      } else {
+        xh = (x - mean) * rstd;
+        g = dy * wt[e];
+        xdw = xh;
+        sums[0] += g;
+        sums[1] += g * xh;
+      }
+      if (use_w) acc_w[j * VEC + e] += dy * xdw;  // constant offsets from one base
+      if (use_b) acc_b[j * VEC + e] += dy;
+      xv[j][e] = xh;
+      gv[j][e] = g;
+    }
+  }
+  (void)c;
+  (void)offset;
+}
+
 template <typename A, int VEC, int NV, bool kRms>
 __device__ __forceinline__ void bwd_pass1(const BwdArgs& p, int64_t col0, int tpr, int tx, A mean, A rstd,
-                                          A (&xv)[NV][VEC], A (&gv)[NV][VEC], A (&sums)[2], A* acc_w,
-                                          A* acc_b) {
-  const int64_t n = p.cols;
-  with_dtype(p.w_dt, [&](auto tag) {
-    using W = decltype(tag);
-    const W* w = static_cast<const W*>(p.w);
-    const bool wvec = w != nullptr && is_aligned<W, VEC>(w);
-    auto body = [&](auto gemma) {
-      constexpr bool kG = decltype(gemma)::value;
-      const Casting c = kG ? Casting::Gemma : p.casting;
-      const A offset = static_cast<A>(p.offset);
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        const int64_t c0 = tile_col<VEC>(col0, j, tpr, tx);
-        if (c0 >= n) continue;
-        A wt[VEC];
-        if (w != nullptr) {
-          tile_load<W, A, VEC>(w, c0, n, wvec, wt);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) wt[e] = A(1);
-        }
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          if (c0 + e >= n) continue;
-          const A x = xv[j][e], dy = gv[j][e];
-          A xh, g, xdw;
-          if constexpr (kRms) {
-            const A ge = w != nullptr ? nd::rms_gamma<A>(wt[e], offset, c, p.xd) : A(1);
-            if constexpr (kG) {
-              g = dy * ge;
-              xh = x * rstd;
-              xdw = xh;
-            } else {
-              g = nd::rms_g<A>(dy, ge, c, p.xd, p.yd);
-              xh = nd::rms_xhat_bwd<A>(x, rstd, c, p.xd);
-              xdw = nd::rms_xhat_dw<A>(x, rstd, c, p.xd);
-            }
-            sums[0] += g * xh;
-          } else {
-            xh = (x - mean) * rstd;
-            g = dy * wt[e];
-            xdw = xh;
-            sums[0] += g;
-            sums[1] += g * xh;
-          }
-          const int ai = (j * VEC + e) * tpr + tx;
-          if (acc_w != nullptr) acc_w[ai] += dy * xdw;
-          if (acc_b != nullptr) acc_b[ai] += dy;
-          xv[j][e] = xh;
-          gv[j][e] = g;
-        }
-      }
-    };
-    if constexpr (!kRms) {
-      body(std::true_type{});
-    } else {
-      if (p.casting == Casting::Gemma) body(std::true_type{}); else body(std::false_type{});
-    }
-  });
+                                          A (&xv)[NV][VEC], A (&gv)[NV][VEC], A (&sums)[2], A* acc_w = nullptr,
+                                          A* acc_b = nullptr, bool use_w = false, bool use_b = false) {
+  if constexpr (!kRms || !may_round<A, VEC>()) {
+    bwd_pass1_impl<A, VEC, NV, kRms, true>(p, col0, tpr, tx, mean, rstd, xv, gv, sums, acc_w, acc_b, use_w, use_b);
+  } else if (p.casting == Casting::Gemma) {
+    bwd_pass1_impl<A, VEC, NV, true, true>(p, col0, tpr, tx, mean, rstd, xv, gv, sums, acc_w, acc_b, use_w, use_b);
+  } else {
+    bwd_pass1_impl<A, VEC, NV, true, false>(p, col0, tpr, tx, mean, rstd, xv, gv, sums, acc_w, acc_b, use_w, use_b);
+  }
 }
 
 // Pass 2: dx = norm backward (+ dresidual_out), one rounding to dx's dtype. xv/gv hold xhat/g.
 template <typename A, int VEC, int NV, bool kRms>
 __device__ __forceinline__ void bwd_dx(const BwdArgs& p, int64_t row, int64_t col0, int tpr, int tx, A rstd,
                                        const A (&sums)[2], A (&xv)[NV][VEC], A (&gv)[NV][VEC]) {
-  const A inv_n = A(1) / static_cast<A>(p.cols);
+  const A inv_n = inv_cols<A>(p);
   const A mg = sums[0] * inv_n, mgx = sums[1] * inv_n;
 #pragma unroll
   for (int j = 0; j < NV; ++j)
@@ -624,31 +646,37 @@ __device__ __forceinline__ void load_stats(const BwdArgs& p, int64_t row, A& mea
   rstd = static_cast<const A*>(p.rstd)[row];
 }
 
-// Fused backward: CTA b owns rows [b*M/G, (b+1)*M/G) (G = gridDim.x); blockDim.x / tpr row slots.
-// Dynamic shared memory: the slots' partials, [#partials][slots][tpr*NV*VEC] of A.
+// Fused backward: CTA b owns the rows block_rows(b) of G = gridDim.x blocks; blockDim.x / tpr row slots.
+// Dynamic shared memory: the partials, [#partials][slots][tpr][NV*VEC + 1] of A: each thread's own
+// columns are contiguous (constant offsets, no per-element address registers) and the odd row pitch
+// puts the 32 lanes of a warp in 32 different banks.
 template <typename A, int VEC, int NV, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads) bwd_kernel(const BwdArgs p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ A red[2 * kWarp];
   const int tpr = p.tpr;
   const int tx = threadIdx.x & (tpr - 1);
-  const int slot = threadIdx.x / tpr;
-  const int slots = blockDim.x / tpr;
-  const int cap = tpr * NV * VEC;  // padded columns of one slot
+  const int slot = threadIdx.x >> p.tpr_log2;
+  const int slots = blockDim.x >> p.tpr_log2;
+  constexpr int kPitch = NV * VEC + 1;
+  const int cap = blockDim.x * kPitch;  // values of one partial (all slots)
   const int64_t n = p.cols;
   const bool need_w = p.ws_w != nullptr, need_b = p.ws_b != nullptr;
 
+  // Never-null shared-memory pointers (unused ones alias the first partial), so the compiler keeps
+  // shared addressing; need_w / need_b say which are live.
   A* acc = reinterpret_cast<A*>(smem_raw);
-  A* acc_w = need_w ? acc : nullptr;
-  A* acc_b = need_b ? acc + (need_w ? slots * cap : 0) : nullptr;
-  const int acc_len = ((need_w ? 1 : 0) + (need_b ? 1 : 0)) * slots * cap;
+  A* acc_w = acc;
+  A* acc_b = acc + (need_w ? cap : 0);
+  const int acc_len = ((need_w ? 1 : 0) + (need_b ? 1 : 0)) * cap;
   for (int i = threadIdx.x; i < acc_len; i += blockDim.x) acc[i] = A(0);
   __syncthreads();
-  A* my_w = need_w ? acc_w + slot * cap : nullptr;
-  A* my_b = need_b ? acc_b + slot * cap : nullptr;
+  A* my_w = acc_w + threadIdx.x * kPitch;  // threadIdx.x == slot * tpr + tx
+  A* my_b = acc_b + threadIdx.x * kPitch;
 
-  const int64_t nblk = gridDim.x, blk = blockIdx.x;
-  const int64_t begin = blk * p.rows / nblk, end = (blk + 1) * p.rows / nblk;
+  const int64_t blk = blockIdx.x;
+  int64_t begin, end;
+  block_rows(blk, p.rows_q, p.rows_r, begin, end);
   for (int64_t r0 = begin; r0 < end; r0 += slots) {  // same trip count for every thread of the CTA
     const int64_t row = r0 + slot;
     const bool valid = row < end;
@@ -659,7 +687,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) bwd_kernel(const BwdArgs p) {
       load_row<A, VEC, NV>(p.x + row * p.x_stride_b, p.x_dt, 0, n, tpr, tx, xv);
       load_row<A, VEC, NV>(p.dy + row * p.dy_stride_b, p.dy_dt, 0, n, tpr, tx, gv);
       load_stats<A>(p, row, mean, rstd);
-      bwd_pass1<A, VEC, NV, kRms>(p, 0, tpr, tx, mean, rstd, xv, gv, sums, my_w, my_b);
+      bwd_pass1<A, VEC, NV, kRms>(p, 0, tpr, tx, mean, rstd, xv, gv, sums, my_w, my_b, need_w, need_b);
     }
     if (p.dx != nullptr) {
       row_allreduce<kRms ? 1 : 2>(sums, tpr, red);
@@ -670,18 +698,19 @@ __global__ void __launch_bounds__(kMaxRowThreads) bwd_kernel(const BwdArgs p) {
   if (!need_w && !need_b) return;
   __syncthreads();
   // This CTA's partial rows: columns spread over all threads (coalesced), slots summed in slot order.
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {  // n <= cap < 2^31 here
-    const int t = c / VEC, e = c - t * VEC;
-    const int j = t / tpr, ttx = t - j * tpr;
-    const int ai = (j * VEC + e) * tpr + ttx;
+  const int slot_pitch = tpr * kPitch;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {  // n <= tpr * NV * VEC here
+    const int t = c / VEC, e = c - t * VEC;   // tile t = j * tpr + owner
+    const int j = t >> p.tpr_log2, owner = t & (tpr - 1);
+    const int ai = owner * kPitch + j * VEC + e;
     if (need_w) {
       A s = acc_w[ai];
-      for (int sl = 1; sl < slots; ++sl) s += acc_w[sl * cap + ai];
+      for (int sl = 1; sl < slots; ++sl) s += acc_w[sl * slot_pitch + ai];
       static_cast<A*>(p.ws_w)[blk * n + c] = s;
     }
     if (need_b) {
       A s = acc_b[ai];
-      for (int sl = 1; sl < slots; ++sl) s += acc_b[sl * cap + ai];
+      for (int sl = 1; sl < slots; ++sl) s += acc_b[sl * slot_pitch + ai];
       static_cast<A*>(p.ws_b)[blk * n + c] = s;
     }
   }
@@ -702,7 +731,7 @@ __global__ void __launch_bounds__(kChunkThreads) bwd_dx_chunked_kernel(const Bwd
       A xv[NV][VEC], gv[NV][VEC];
       load_row<A, VEC, NV>(p.x + row * p.x_stride_b, p.x_dt, col0, n, tpr, tx, xv);
       load_row<A, VEC, NV>(p.dy + row * p.dy_stride_b, p.dy_dt, col0, n, tpr, tx, gv);
-      bwd_pass1<A, VEC, NV, kRms>(p, col0, tpr, tx, mean, rstd, xv, gv, sums, nullptr, nullptr);
+      bwd_pass1<A, VEC, NV, kRms>(p, col0, tpr, tx, mean, rstd, xv, gv, sums);
     }
     row_allreduce<kRms ? 1 : 2>(sums, tpr, red);
     for (int64_t col0 = 0; col0 < n; col0 += chunk) {
@@ -710,14 +739,14 @@ __global__ void __launch_bounds__(kChunkThreads) bwd_dx_chunked_kernel(const Bwd
       A unused[2] = {A(0), A(0)};
       load_row<A, VEC, NV>(p.x + row * p.x_stride_b, p.x_dt, col0, n, tpr, tx, xv);
       load_row<A, VEC, NV>(p.dy + row * p.dy_stride_b, p.dy_dt, col0, n, tpr, tx, gv);
-      bwd_pass1<A, VEC, NV, kRms>(p, col0, tpr, tx, mean, rstd, xv, gv, unused, nullptr, nullptr);
+      bwd_pass1<A, VEC, NV, kRms>(p, col0, tpr, tx, mean, rstd, xv, gv, unused);
       bwd_dx<A, VEC, NV, kRms>(p, row, col0, tpr, tx, rstd, sums, xv, gv);
     }
   }
 }
 
-// Weight-gradient partials for rows too long for bwd_kernel: block (32, 8) covers 32*VEC columns
-// (blockIdx.x) of row block blockIdx.y; its 8 row lanes are summed in order into workspace[b][cols].
+// Weight-gradient partials when bwd_kernel is not used: block (32, 8) covers 32*VEC columns (blockIdx.x)
+// of row block blockIdx.y; its 8 row lanes are summed in lane order into workspace[b][cols].
 template <typename A, int VEC, bool kRms>
 __global__ void __launch_bounds__(kColThreads * kRowThreads) bwd_dwdb_kernel(const BwdArgs p) {
   constexpr int kCols = kColThreads * VEC;
@@ -725,8 +754,9 @@ __global__ void __launch_bounds__(kColThreads * kRowThreads) bwd_dwdb_kernel(con
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t n = p.cols;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kColThreads + tx) * VEC;
-  const int64_t nblk = gridDim.y, blk = blockIdx.y;
-  const int64_t begin = blk * p.rows / nblk, end = (blk + 1) * p.rows / nblk;
+  const int64_t blk = blockIdx.y;
+  int64_t begin, end;
+  block_rows(blk, p.rows_q, p.rows_r, begin, end);
   const Casting c = p.casting;
   A dw[VEC], db[VEC];
 #pragma unroll
@@ -736,22 +766,23 @@ __global__ void __launch_bounds__(kColThreads * kRowThreads) bwd_dwdb_kernel(con
       A x[VEC], dy[VEC];
       with_dtype(p.x_dt, [&](auto tag) {
         using D = decltype(tag);
-        const D* r = reinterpret_cast<const D*>(p.x + row * p.x_stride_b);
-        tile_load<D, A, VEC>(r, c0, n, is_aligned<D, VEC>(r), x);
+        tile_load<D, A, VEC>(reinterpret_cast<const D*>(p.x + row * p.x_stride_b), c0, n, x);
       });
       with_dtype(p.dy_dt, [&](auto tag) {
         using D = decltype(tag);
-        const D* r = reinterpret_cast<const D*>(p.dy + row * p.dy_stride_b);
-        tile_load<D, A, VEC>(r, c0, n, is_aligned<D, VEC>(r), dy);
+        tile_load<D, A, VEC>(reinterpret_cast<const D*>(p.dy + row * p.dy_stride_b), c0, n, dy);
       });
       A mean, rstd;
       load_stats<A>(p, row, mean, rstd);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        if (c0 + e >= n) continue;
         A xdw;
         if constexpr (kRms) {
-          xdw = c == Casting::Gemma ? x[e] * rstd : nd::rms_xhat_dw<A>(x[e], rstd, c, p.xd);
+          if constexpr (may_round<A, VEC>()) {
+            xdw = c == Casting::Gemma ? x[e] * rstd : nd::rms_xhat_dw<A>(x[e], rstd, c, p.xd);
+          } else {
+            xdw = x[e] * rstd;
+          }
         } else {
           xdw = (x[e] - mean) * rstd;
         }
@@ -760,6 +791,7 @@ __global__ void __launch_bounds__(kColThreads * kRowThreads) bwd_dwdb_kernel(con
       }
     }
   }
+  (void)c;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
     part[0][ty][tx * VEC + e] = dw[e];
@@ -825,6 +857,14 @@ int pow2_ceil(int64_t v) {
   return p;
 }
 
+int log2_exact(int v) {
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
+int64_t esize(DType t) { return static_cast<int64_t>(dtype_size(t)); }
+
 bool is_16bit(DType t) { return t == DType::BFloat16 || t == DType::Float16; }
 
 // Register-resident plan: the fewest tiles per thread (NV of 1, 2, 4, 8, at most nv_max) whose row fits
@@ -841,6 +881,35 @@ RowPlan plan_rows(int64_t n, int vec, int nv_max) {
     if (need <= limit) return RowPlan{nv, pow2_ceil(need)};
   }
   return RowPlan{};
+}
+
+// Whether an operand allows VEC-element vector accesses on every row: base pointer and row stride
+// (bytes) aligned to the access size. Absent operands pass.
+bool vec_ok(const void* ptr, int64_t stride_b, DType t, int vec, int64_t rows) {
+  if (ptr == nullptr) return true;
+  const int64_t al = std::min<int64_t>(16, vec * esize(t));
+  if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(al) != 0) return false;
+  return rows <= 1 || stride_b % al == 0;
+}
+
+bool fwd_vec_ok(const FwdArgs& a, int vec) {
+  const int64_t m = a.rows;
+  return a.cols % vec == 0 && vec_ok(a.x, a.x_stride_b, a.x_dt, vec, m) &&
+         vec_ok(a.res, a.res_stride_b, a.res_dt, vec, m) && vec_ok(a.w, 0, a.w_dt, vec, 1) &&
+         vec_ok(a.b, 0, a.w_dt, vec, 1) && vec_ok(a.y, a.y_row_b, a.y_dt, vec, m) &&
+         vec_ok(a.ro, a.ro_row_b, a.ro_dt, vec, m);
+}
+
+bool bwd_vec_ok(const BwdArgs& a, int vec) {
+  const int64_t m = a.rows;
+  return a.cols % vec == 0 && vec_ok(a.x, a.x_stride_b, a.x_dt, vec, m) &&
+         vec_ok(a.dy, a.dy_stride_b, a.dy_dt, vec, m) && vec_ok(a.dres, a.dres_stride_b, a.dres_dt, vec, m) &&
+         vec_ok(a.w, 0, a.w_dt, vec, 1) && vec_ok(a.dx, a.dx_row_b, a.dx_dt, vec, m);
+}
+
+// Block size of the chunked kernels: enough threads for a chunk to cover short rows, at most 512.
+int chunk_threads(int64_t n, int per_thread) {
+  return static_cast<int>(std::min<int64_t>(kChunkThreads, std::max<int64_t>(kWarp, pow2_ceil(ceil_div(n, per_thread)))));
 }
 
 // Largest dynamic shared memory a block may opt into on the current device (cached per device).
@@ -862,34 +931,65 @@ size_t max_smem_optin() {
   return static_cast<size_t>(v);
 }
 
+// ---- forward ----
+
+template <typename A, int VEC, int NV, bool kRms>
+void launch_fwd_chunked(const FwdArgs& a, cudaStream_t s) {
+  const int threads = chunk_threads(a.cols, NV * VEC);
+  const int64_t grid = std::min(a.rows, kMaxGrid);
+  fwd_chunked_kernel<A, VEC, NV, kRms><<<static_cast<unsigned>(grid), threads, 0, s>>>(a);
+}
+
 template <typename A, int VEC, int NV, bool kRms>
 void launch_fwd_regs(const FwdArgs& a, int threads, int64_t grid, cudaStream_t s) {
   fwd_kernel<A, VEC, NV, kRms><<<static_cast<unsigned>(grid), threads, 0, s>>>(a);
 }
 
+// Tiles per thread the forward keeps in registers: at most 32 values of A.
+template <int VEC>
+constexpr int fwd_nv_max() { return VEC == 8 ? 4 : 8; }
+
 template <typename A, int VEC, bool kRms>
-Status launch_fwd(FwdArgs a, cudaStream_t s) {
-  const RowPlan pl = plan_rows(a.cols, VEC, 8);
-  if (pl.nv == 0) {
-    const int64_t grid = std::min(a.rows, kMaxGrid);
-    fwd_chunked_kernel<A, VEC, kChunkNv, kRms><<<static_cast<unsigned>(grid), kChunkThreads, 0, s>>>(a);
-    return check_launch(kRms ? "rms_norm (cuda)" : "layer_norm (cuda)");
-  }
+void launch_fwd(FwdArgs a, cudaStream_t s) {
+  const RowPlan pl = plan_rows(a.cols, VEC, fwd_nv_max<VEC>());
+  if (pl.nv == 0) return launch_fwd_chunked<A, VEC, kChunkNv, kRms>(a, s);
   a.tpr = pl.tpr;
+  a.tpr_log2 = log2_exact(pl.tpr);
   const int threads = std::max(pl.tpr, kFwdMinThreads);
   const int64_t grid = std::min(ceil_div(a.rows, threads / pl.tpr), kMaxGrid);
   switch (pl.nv) {
     case 1: launch_fwd_regs<A, VEC, 1, kRms>(a, threads, grid, s); break;
     case 2: launch_fwd_regs<A, VEC, 2, kRms>(a, threads, grid, s); break;
     case 4: launch_fwd_regs<A, VEC, 4, kRms>(a, threads, grid, s); break;
-    default: launch_fwd_regs<A, VEC, 8, kRms>(a, threads, grid, s); break;
+    default:
+      if constexpr (fwd_nv_max<VEC>() >= 8) launch_fwd_regs<A, VEC, 8, kRms>(a, threads, grid, s);
+      break;
+  }
+}
+
+template <bool kRms>
+Status dispatch_fwd(const FwdArgs& a, cudaStream_t s) {
+  const bool wide = a.x_dt == DType::Float64;
+  const int vec = wide ? 2 : a.x_dt == DType::Float32 ? 4 : 8;
+  if (!fwd_vec_ok(a, vec)) {
+    if (wide) launch_fwd_chunked<double, 1, kScalarNv, kRms>(a, s);
+    else launch_fwd_chunked<float, 1, kScalarNv, kRms>(a, s);
+  } else if (vec == 2) {
+    launch_fwd<double, 2, kRms>(a, s);
+  } else if (vec == 4) {
+    launch_fwd<float, 4, kRms>(a, s);
+  } else {
+    launch_fwd<float, 8, kRms>(a, s);
   }
   return check_launch(kRms ? "rms_norm (cuda)" : "layer_norm (cuda)");
 }
 
-// Tiles per thread the backward may keep: x and dy (2 * NV * VEC values of A) stay under 64 registers.
+// ---- backward ----
+
+// Tiles per thread the backward keeps: x and dy, 2 * NV * VEC values of A, at most 64 registers
+// (f64: 32; its NV = 8 variant would spill).
 template <int VEC>
-constexpr int bwd_nv_max() { return VEC == 8 ? 4 : 8; }
+constexpr int bwd_nv_max() { return VEC == 4 ? 8 : 4; }
 
 template <typename A, int VEC, int NV, bool kRms>
 Status launch_bwd_regs(const BwdArgs& a, int threads, int64_t grid, size_t smem, cudaStream_t s) {
@@ -899,70 +999,97 @@ Status launch_bwd_regs(const BwdArgs& a, int threads, int64_t grid, size_t smem,
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      return Status(StatusCode::CudaError, std::string("norm backward (cuda): ") + cudaGetErrorString(e));
+      return Status(StatusCode::CudaError, std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(e));
     }
   }
   kernel<<<static_cast<unsigned>(grid), threads, smem, s>>>(a);
   return Status::OK();
 }
 
+// The fused kernel, if the row fits in registers and the device has the shared memory for the partials.
+// Returns false (nothing launched) otherwise.
 template <typename A, int VEC, bool kRms>
-Status launch_bwd(BwdArgs a, void* dweight, void* dbias, DType w_dt, cudaStream_t s) {
-  const char* what = kRms ? "rms_norm_backward (cuda)" : "layer_norm_backward (cuda)";
-  const int64_t m = a.rows, n = a.cols;
-  const int64_t nb = bwd_blocks(m);
-  const bool need_part = a.ws_w != nullptr || a.ws_b != nullptr;
+bool try_bwd_fused(BwdArgs a, Status& st, cudaStream_t s) {
+  const RowPlan pl = plan_rows(a.cols, VEC, bwd_nv_max<VEC>());
+  if (pl.nv == 0) return false;
   const int nacc = (a.ws_w != nullptr ? 1 : 0) + (a.ws_b != nullptr ? 1 : 0);
+  const int threads = std::max(pl.tpr, kBwdMinThreads);
+  const int slots = threads / pl.tpr;
+  const size_t smem = static_cast<size_t>(nacc) * threads * (pl.nv * VEC + 1) * sizeof(A);
+  if (smem > max_smem_optin()) return false;
+  a.tpr = pl.tpr;
+  a.tpr_log2 = log2_exact(pl.tpr);
+  const int64_t grid = nacc > 0 ? bwd_blocks(a.rows) : std::min(ceil_div(a.rows, slots), kMaxGrid);
+  a.rows_q = a.rows / grid;
+  a.rows_r = a.rows % grid;
+  switch (pl.nv) {
+    case 1: st = launch_bwd_regs<A, VEC, 1, kRms>(a, threads, grid, smem, s); break;
+    case 2: st = launch_bwd_regs<A, VEC, 2, kRms>(a, threads, grid, smem, s); break;
+    case 4: st = launch_bwd_regs<A, VEC, 4, kRms>(a, threads, grid, smem, s); break;
+    default:
+      if constexpr (bwd_nv_max<VEC>() >= 8) st = launch_bwd_regs<A, VEC, 8, kRms>(a, threads, grid, smem, s);
+      break;
+  }
+  return true;
+}
 
-  const RowPlan pl = plan_rows(n, VEC, bwd_nv_max<VEC>());
-  bool fused = pl.nv != 0;
-  int threads = 0;
-  size_t smem = 0;
-  if (fused) {
-    threads = std::max(pl.tpr, kBwdMinThreads);
-    const size_t cap = static_cast<size_t>(pl.tpr) * pl.nv * VEC;
-    smem = static_cast<size_t>(nacc) * static_cast<size_t>(threads / pl.tpr) * cap * sizeof(A);
-    fused = smem <= max_smem_optin();
+// dx by rows and the partials by columns, for any N and layout.
+template <typename A, int VEC, int NV, bool kRms>
+void launch_bwd_split(BwdArgs a, cudaStream_t s) {
+  if (a.dx != nullptr) {
+    const int threads = chunk_threads(a.cols, NV * VEC);
+    const int64_t grid = std::min(a.rows, kMaxGrid);
+    bwd_dx_chunked_kernel<A, VEC, NV, kRms><<<static_cast<unsigned>(grid), threads, 0, s>>>(a);
   }
-  if (fused) {
-    a.tpr = pl.tpr;
-    const int64_t grid = need_part ? nb : std::min(ceil_div(m, threads / pl.tpr), kMaxGrid);
-    Status st;
-    switch (pl.nv) {
-      case 1: st = launch_bwd_regs<A, VEC, 1, kRms>(a, threads, grid, smem, s); break;
-      case 2: st = launch_bwd_regs<A, VEC, 2, kRms>(a, threads, grid, smem, s); break;
-      case 4: st = launch_bwd_regs<A, VEC, 4, kRms>(a, threads, grid, smem, s); break;
-      default:
-        if constexpr (bwd_nv_max<VEC>() >= 8) st = launch_bwd_regs<A, VEC, 8, kRms>(a, threads, grid, smem, s);
-        break;
-    }
-    if (!st.ok()) return st;
-    st = check_launch(what);
-    if (!st.ok()) return st;
+  if (a.ws_w != nullptr || a.ws_b != nullptr) {
+    const int64_t nb = bwd_blocks(a.rows);
+    a.rows_q = a.rows / nb;
+    a.rows_r = a.rows % nb;
+    const dim3 grid(static_cast<unsigned>(ceil_div(a.cols, int64_t(kColThreads) * VEC)), static_cast<unsigned>(nb));
+    bwd_dwdb_kernel<A, VEC, kRms><<<grid, dim3(kColThreads, kRowThreads), 0, s>>>(a);
+  }
+}
+
+template <typename A, int VEC, bool kRms>
+Status launch_bwd_vec(const BwdArgs& a, cudaStream_t s) {
+  Status st;
+  if (!try_bwd_fused<A, VEC, kRms>(a, st, s)) launch_bwd_split<A, VEC, kChunkNv, kRms>(a, s);
+  return st;
+}
+
+template <typename A>
+void launch_reduce(const BwdArgs& a, void* dweight, void* dbias, DType w_dt, cudaStream_t s) {
+  const int nout = (a.ws_w != nullptr ? 1 : 0) + (a.ws_b != nullptr ? 1 : 0);
+  if (nout == 0) return;
+  const A* src0 = static_cast<const A*>(a.ws_w != nullptr ? a.ws_w : a.ws_b);
+  void* out0 = a.ws_w != nullptr ? dweight : dbias;
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.cols, kColThreads)), static_cast<unsigned>(nout));
+  reduce_partials_kernel<A><<<grid, dim3(kColThreads, kRowThreads), 0, s>>>(
+      src0, static_cast<const A*>(a.ws_b), out0, dbias, bwd_blocks(a.rows), a.cols, w_dt);
+}
+
+template <bool kRms>
+Status dispatch_bwd(const BwdArgs& a, void* dweight, void* dbias, DType w_dt, cudaStream_t s) {
+  const char* what = kRms ? "rms_norm_backward (cuda)" : "layer_norm_backward (cuda)";
+  const bool wide = a.x_dt == DType::Float64;
+  const int vec = wide ? 2 : a.x_dt == DType::Float32 ? 4 : 8;
+  Status st;
+  if (!bwd_vec_ok(a, vec)) {
+    if (wide) launch_bwd_split<double, 1, kScalarNv, kRms>(a, s);
+    else launch_bwd_split<float, 1, kScalarNv, kRms>(a, s);
+  } else if (vec == 2) {
+    st = launch_bwd_vec<double, 2, kRms>(a, s);
+  } else if (vec == 4) {
+    st = launch_bwd_vec<float, 4, kRms>(a, s);
   } else {
-    if (a.dx != nullptr) {
-      const int64_t grid = std::min(m, kMaxGrid);
-      bwd_dx_chunked_kernel<A, VEC, kChunkNv, kRms><<<static_cast<unsigned>(grid), kChunkThreads, 0, s>>>(a);
-      const Status st = check_launch(what);
-      if (!st.ok()) return st;
-    }
-    if (need_part) {
-      const dim3 grid(static_cast<unsigned>(ceil_div(n, int64_t(kColThreads) * VEC)), static_cast<unsigned>(nb));
-      bwd_dwdb_kernel<A, VEC, kRms><<<grid, dim3(kColThreads, kRowThreads), 0, s>>>(a);
-      const Status st = check_launch(what);
-      if (!st.ok()) return st;
-    }
+    st = launch_bwd_vec<float, 8, kRms>(a, s);
   }
-  if (need_part) {
-    const int nout = nacc;
-    const A* src0 = static_cast<const A*>(a.ws_w != nullptr ? a.ws_w : a.ws_b);
-    const A* src1 = static_cast<const A*>(a.ws_b);
-    void* out0 = a.ws_w != nullptr ? dweight : dbias;
-    const dim3 grid(static_cast<unsigned>(ceil_div(n, kColThreads)), static_cast<unsigned>(nout));
-    reduce_partials_kernel<A><<<grid, dim3(kColThreads, kRowThreads), 0, s>>>(src0, src1, out0, dbias, nb, n, w_dt);
-    return check_launch(what);
-  }
-  return Status::OK();
+  if (!st.ok()) return st;
+  st = check_launch(what);
+  if (!st.ok()) return st;
+  if (wide) launch_reduce<double>(a, dweight, dbias, w_dt, s);
+  else launch_reduce<float>(a, dweight, dbias, w_dt, s);
+  return check_launch(what);
 }
 
 size_t acc_size(DType x) { return x == DType::Float64 ? 8 : 4; }
@@ -974,8 +1101,6 @@ size_t workspace_bytes(const P& p) {
   return static_cast<size_t>(nacc) * static_cast<size_t>(bwd_blocks(p.rows)) * static_cast<size_t>(p.cols) *
          acc_size(p.x_dtype);
 }
-
-int64_t esize(DType t) { return static_cast<int64_t>(dtype_size(t)); }
 
 // cols == 0 with rows > 0: NaN statistics, nothing else to write.
 Status fill_nan_stats(DType x_dt, void* a, void* b, int64_t rows, cudaStream_t s, const char* what) {
@@ -1003,20 +1128,6 @@ Status zero_weight_grads(void* dw, void* db, int64_t cols, DType w_dt, cudaStrea
   return Status::OK();
 }
 
-template <bool kRms>
-Status dispatch_fwd(const FwdArgs& a, cudaStream_t s) {
-  if (a.x_dt == DType::Float64) return launch_fwd<double, 2, kRms>(a, s);
-  if (a.x_dt == DType::Float32) return launch_fwd<float, 4, kRms>(a, s);
-  return launch_fwd<float, 8, kRms>(a, s);
-}
-
-template <bool kRms>
-Status dispatch_bwd(const BwdArgs& a, void* dw, void* db, DType w_dt, cudaStream_t s) {
-  if (a.x_dt == DType::Float64) return launch_bwd<double, 2, kRms>(a, dw, db, w_dt, s);
-  if (a.x_dt == DType::Float32) return launch_bwd<float, 4, kRms>(a, dw, db, w_dt, s);
-  return launch_bwd<float, 8, kRms>(a, dw, db, w_dt, s);
-}
-
 template <typename P>
 FwdArgs fwd_args(const P& p) {
   FwdArgs a{};
@@ -1038,10 +1149,13 @@ FwdArgs fwd_args(const P& p) {
   a.ro_row_b = p.cols * esize(p.residual_out_dtype);
   a.ro_dt = p.residual_out_dtype;
   a.eps = p.eps;
+  a.inv_n_f = 1.0f / static_cast<float>(p.cols);
+  a.inv_n_d = 1.0 / static_cast<double>(p.cols);
   a.offset = 0.0;
   a.casting = Casting::Gemma;
   a.xd = p.residual_out != nullptr ? p.residual_out_dtype : p.x_dtype;
   a.tpr = 1;
+  a.tpr_log2 = 0;
   // A residual without residual_out is rejected by validate(); residual is only read in add & norm mode.
   if (a.ro == nullptr) a.res = nullptr;
   return a;
@@ -1072,11 +1186,16 @@ BwdArgs bwd_args(const P& p) {
   char* ws = static_cast<char*>(p.workspace);
   a.ws_w = p.dweight != nullptr ? ws : nullptr;
   a.ws_b = p.dbias != nullptr ? ws + (p.dweight != nullptr ? static_cast<size_t>(part) * asz : 0) : nullptr;
+  a.rows_q = p.rows;
+  a.rows_r = 0;
+  a.inv_n_f = 1.0f / static_cast<float>(p.cols);
+  a.inv_n_d = 1.0 / static_cast<double>(p.cols);
   a.offset = 0.0;
   a.casting = Casting::Gemma;
   a.xd = p.x_dtype;
   a.yd = p.x_dtype;
   a.tpr = 1;
+  a.tpr_log2 = 0;
   return a;
 }
 
