@@ -42,10 +42,11 @@ bench: install test-cpp
 	build/cpp/bench/cpp/fastnorm_bench_norm --benchmark_min_time=0.2 --benchmark_out=bench/out/bench_cpp.json \
 	  --benchmark_out_format=json
 
+# Builds the wheel with the CUDA kernels (scikit-build-core, abi3) into build/cuda-wheel; the kernels
+# compile and link here even without a GPU (they only run on one: scripts/gpu_check.sh).
 cuda-build: setup
-	cmake -S . -B build/cuda -DFASTNORM_CUDA=ON -DFASTNORM_CUDA_ARCHS="$${FASTNORM_CUDA_ARCHS:-90a-real}" \
-	  -DPython_EXECUTABLE=$$(realpath $(PY)) -DCMAKE_BUILD_TYPE=Release >/dev/null
-	cmake --build build/cuda -j $(JOBS)
+	FASTNORM_CUDA=ON FASTNORM_CUDA_ARCHS="$${FASTNORM_CUDA_ARCHS:-90a-real}" $(PY) -m pip wheel -q \
+	  --disable-pip-version-check --no-build-isolation --no-deps -Cbuild-dir=build/cuda -w build/cuda-wheel .
 
 clean:
 	rm -rf build bench/out

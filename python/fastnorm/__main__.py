@@ -85,9 +85,9 @@ def run_case(name, dtype, device, shape, reps):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastnorm", description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--rows", type=int, default=2048)
     p.add_argument("--cols", type=int, default=1024)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--ops", nargs="*", default=list(CASES))
     args = p.parse_args(argv)
 
