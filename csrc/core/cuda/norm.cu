@@ -223,8 +223,9 @@ __device__ __forceinline__ void round_row(DType t, A (&v)[NV][VEC]) {
 // ---------------------------------------------------------------------------------------------------
 
 // Sums v[0..P) over the tpr threads of a row. tpr <= 32: xor butterfly inside the row's lane group
-// (a + b == b + a, so every lane ends with the same bits). tpr > 32 (one row per block): then the
-// per-warp totals are added in warp order by every thread. `red` holds P * 32 values.
+// (a + b == b + a, so every lane ends with the same bits). tpr > 32: then the per-warp totals of the
+// row's tpr/32 warps (a block may hold several such rows) are added in warp order by every thread.
+// Every thread of the block must call it. `red` holds P * 32 values.
 template <int P, typename A, int N>
 __device__ __forceinline__ void row_allreduce(A (&v)[N], int tpr, A* red) {
   static_assert(P >= 1 && P <= N && P <= 2, "row_allreduce reduces the first P of N <= 2 values");
@@ -235,6 +236,7 @@ __device__ __forceinline__ void row_allreduce(A (&v)[N], int tpr, A* red) {
   }
   if (tpr > kWarp) {
     const int warp = threadIdx.x >> 5, nw = tpr >> 5;
+    const int first = warp & ~(nw - 1);  // the row's first warp (rows are tpr-aligned)
     if ((threadIdx.x & (kWarp - 1)) == 0) {
 #pragma unroll
       for (int q = 0; q < P; ++q) red[q * kWarp + warp] = v[q];
@@ -242,8 +244,8 @@ __device__ __forceinline__ void row_allreduce(A (&v)[N], int tpr, A* red) {
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < P; ++q) {
-      A s = red[q * kWarp];
-      for (int w = 1; w < nw; ++w) s += red[q * kWarp + w];
+      A s = red[q * kWarp + first];
+      for (int w = 1; w < nw; ++w) s += red[q * kWarp + first + w];
       v[q] = s;
     }
     __syncthreads();  // `red` is free again
