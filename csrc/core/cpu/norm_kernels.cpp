@@ -149,25 +149,6 @@ double blocked_sum(int64_t n, F f) {
   return total;
 }
 
-// (sum_i f(i), sum_i g(i)) in one pass.
-template <typename A, typename F, typename G>
-void blocked_sum2(int64_t n, F f, G g, double& out_f, double& out_g) {
-  double tf = 0, tg = 0;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
-    A sf = 0, sg = 0;
-#pragma omp simd reduction(+ : sf, sg)
-    for (int64_t i = b; i < e; ++i) {
-      sf += f(i);
-      sg += g(i);
-    }
-    tf += static_cast<double>(sf);
-    tg += static_cast<double>(sg);
-  }
-  out_f = tf;
-  out_g = tg;
-}
-
 // gamma (or 1) and beta (or 0) widened once per call.
 template <typename A>
 std::vector<A> affine_vector(const void* p, DType t, int64_t n, A fill) {
@@ -278,6 +259,40 @@ void ln_fwd(const LayerNormParams& p) {
   }
 }
 
+// One pass over a cached row of the LayerNorm backward: the row sums of g = dy*gamma and g*xhat (blocked,
+// as blocked_sum2) fused with the weight-gradient partials pw += dy*xhat, pb += dy.
+template <typename A, bool kW, bool kB>
+void ln_bwd_row_pass_impl(const A* x, const A* dy, const A* g, A mean, A rstd, int64_t n, A* pw, A* pb,
+                          double& sg, double& sgx) {
+  double tg = 0, tgx = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    A s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t i = b; i < e; ++i) {
+      const A xh = (x[i] - mean) * rstd;
+      const A gi = dy[i] * g[i];
+      s1 += gi;
+      s2 += gi * xh;
+      if constexpr (kW) pw[i] += dy[i] * xh;
+      if constexpr (kB) pb[i] += dy[i];
+    }
+    tg += static_cast<double>(s1);
+    tgx += static_cast<double>(s2);
+  }
+  sg = tg;
+  sgx = tgx;
+}
+
+template <typename A>
+void ln_bwd_row_pass(const A* x, const A* dy, const A* g, A mean, A rstd, int64_t n, A* pw, A* pb, double& sg,
+                     double& sgx) {
+  if (pw && pb) ln_bwd_row_pass_impl<A, true, true>(x, dy, g, mean, rstd, n, pw, pb, sg, sgx);
+  else if (pw) ln_bwd_row_pass_impl<A, true, false>(x, dy, g, mean, rstd, n, pw, pb, sg, sgx);
+  else if (pb) ln_bwd_row_pass_impl<A, false, true>(x, dy, g, mean, rstd, n, pw, pb, sg, sgx);
+  else ln_bwd_row_pass_impl<A, false, false>(x, dy, g, mean, rstd, n, pw, pb, sg, sgx);
+}
+
 template <typename A>
 void ln_bwd(const LayerNormBwdParams& p) {
   if (zero_grads_if_no_rows<A>(p)) return;
@@ -305,17 +320,7 @@ void ln_bwd(const LayerNormBwdParams& p) {
         const A mean = mean_in[r], rstd = rstd_in[r];
         const A* g = gamma.data();
         double sg, sgx;
-        blocked_sum2<A>(
-            n, [&](int64_t i) { return dy[i] * g[i]; },
-            [&](int64_t i) { return (dy[i] * g[i]) * ((x[i] - mean) * rstd); }, sg, sgx);
-        if (pw) {
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * ((x[i] - mean) * rstd);
-        }
-        if (pb) {
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) pb[i] += dy[i];
-        }
+        ln_bwd_row_pass<A>(x, dy, g, mean, rstd, n, pw, pb, sg, sgx);
         if (p.dx == nullptr) continue;
         const A mg = static_cast<A>(sg / dn), mgx = static_cast<A>(sgx / dn);
         char* dxrow = at(p.dx, r, n, p.dx_dtype);
@@ -405,11 +410,9 @@ void rms_bwd(const RMSNormBwdParams& p) {
         const A* g = gamma.data();
         double sgx;
         if (exact) {
-          sgx = blocked_sum<A>(n, [&](int64_t i) { return (dy[i] * g[i]) * (x[i] * rstd); });
-          if (pw) {
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * (x[i] * rstd);
-          }
+          // The LayerNorm pass with mean 0 (x - 0 == x exactly): sum(g*xhat) and both partials in one pass.
+          double sg_unused;
+          ln_bwd_row_pass<A>(x, dy, g, A(0), rstd, n, pw, pb, sg_unused, sgx);
         } else {
           // 16-bit llama/none: the rounded g and xhat are formed once and kept for dx.
           A* gr = gbuf.data();
@@ -425,7 +428,7 @@ void rms_bwd(const RMSNormBwdParams& p) {
             for (int64_t i = 0; i < n; ++i) pw[i] += dy[i] * detail::rms_xhat_dw<A>(x[i], rstd, c, xd);
           }
         }
-        if (pb) {
+        if (pb && !exact) {
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) pb[i] += dy[i];
         }

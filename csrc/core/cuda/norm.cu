@@ -22,10 +22,10 @@
 // takes the same chunked kernels instantiated with VEC = 1: element-wise but coalesced (a warp reads 32
 // consecutive elements), correct for every layout. 64-bit offsets throughout.
 //
-// Forward, fast path, N <= 16384 (16-bit x) / 16384 (f32) / 8192 (f64): `fwd_kernel`. The row stays in
-// registers (NV*VEC <= 32 values of A per thread). Short rows get TPR <= 32 lanes (several rows per
-// 128-thread block, warp-shuffle reductions), long rows one block of up to 512 threads (shuffles + a
-// shared-memory step). LayerNorm takes two passes over the registers (mean, then sum((x - mean)^2)),
+// Forward, fast path, N <= 16384 (f16/bf16/f32) / 8192 (f64): `fwd_kernel`. The row stays in registers
+// (NV*VEC <= 32 values of A per thread). Blocks hold max(TPR, 128) threads: short rows get TPR <= 32
+// lanes (warp-shuffle reductions), longer rows TPR = 64..512 threads (shuffles, then the row's warps
+// combined through shared memory). LayerNorm takes two passes over the registers (mean, then sum((x - mean)^2)),
 // RMSNorm one (sum(x^2)).
 // Forward, longer rows or the VEC = 1 path: `fwd_chunked_kernel`, one block per row walks the row in
 // chunks of TPR*NV*VEC elements; pass 1 forms per-thread two-pass chunk moments, merged over chunks with
@@ -34,9 +34,9 @@
 // Add & norm: s = x + residual is summed in A, rounded to residual_out's dtype and stored; the norm is
 // applied to the stored s (pass 2 of the chunked kernel re-reads it from residual_out).
 //
-// Backward, fast path, N <= 16384 (f16/bf16/f32) / 8192 (f64): `bwd_kernel`, deterministic and atomic-free.
-// The grid is nb = bwd_blocks(M) CTAs (a function of M only, never of the device); CTA b owns the
-// contiguous rows [b*M/nb, (b+1)*M/nb). Inside a CTA, 256/TPR row slots (or one slot of TPR >= 256
+// Backward, fast path, N <= 16384 (f16/bf16/f32) / 4096 (f64): `bwd_kernel`, deterministic and atomic-free.
+// The grid is nb = bwd_blocks(M) CTAs (a function of M only, never of the device); CTA b owns a
+// contiguous run of rows (the first M % nb CTAs ceil(M/nb) rows, the others floor(M/nb)). Inside a CTA, 256/TPR row slots (or one slot of TPR >= 256
 // threads) take those rows in turn; x and dy of a row stay in registers; pass 1 forms g = dy*gamma and
 // xhat (with the forward's rounding points for RMSNorm llama/none), the row sums, and adds dy*xhat and dy
 // into the slot's fp32 (fp64) dweight/dbias partials in shared memory (each thread owns fixed columns,
