@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import fastnorm
 from fastnorm.reference import norm as ref
 
-from conftest import run
+from conftest import interleaved, run
 
 CPU_SHAPES = [(4096, 768), (4096, 1024), (4096, 4096)]
 GPU_SHAPES = [(m, n) for m in (4096, 16384) for n in (1024, 4096, 8192, 16384)] + \
@@ -50,51 +50,68 @@ def _bytes(op, pas, m, n, elt):
     return {"forward": fwd + extra, "forward+backward": fwd + bwd + 2 * extra}[pas]
 
 
-def _case(benchmark, device, op, impl, pas, dtype_name, m, n):
+def _inputs(device, dtype_name, m, n):
     dtype = DTYPES[dtype_name]
     g = torch.Generator(device="cpu").manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32).to(dtype).to(device)  # noqa: E731
     # rotate inputs on the GPU so that their total exceeds L2 (50 MB on H100)
     copies = max(1, (200 << 20) // (m * n * dtype.itemsize)) if device == "cuda" else 1
-    xs = [mk(m, n) for _ in range(min(copies, 4))]
-    r, w, b, dy = mk(m, n), mk(n), mk(n), mk(m, n)
+    return [mk(m, n) for _ in range(min(copies, 4))], mk(m, n), mk(n), mk(n), mk(m, n)
+
+
+def _step(op, impl, pas, n, xs, r, w, b, dy):
+    """One call of the case (forward, or forward + backward) for one implementation."""
     fn = _fns(op, impl, n)
     state = {"i": 0}
-
     if pas == "forward":
         def step():
             with torch.no_grad():
                 fn(xs[state["i"] % len(xs)], r, w, b)
             state["i"] += 1
-    else:
-        leaves = [[t.clone().requires_grad_() for t in (x, r, w, b)] for x in xs]
+        return step
+    leaves = [[t.clone().requires_grad_() for t in (x, r, w, b)] for x in xs]
 
-        def step():
-            x_, r_, w_, b_ = leaves[state["i"] % len(leaves)]
-            out = fn(x_, r_, w_, b_)
-            y = out[0] if isinstance(out, tuple) else out
-            y.backward(dy)
-            state["i"] += 1
-            for t in (x_, r_, w_, b_):
-                t.grad = None
+    def step():
+        x_, r_, w_, b_ = leaves[state["i"] % len(leaves)]
+        out = fn(x_, r_, w_, b_)
+        y = out[0] if isinstance(out, tuple) else out
+        y.backward(dy)
+        state["i"] += 1
+        for t in (x_, r_, w_, b_):
+            t.grad = None
+    return step
 
+
+def _extra(op, pas, dtype_name, device, m, n, impl=None):
+    e = {"op": op, "pass": pas, "dtype": dtype_name, "device": device, "M": m, "N": n,
+         "bytes": _bytes(op, pas, m, n, DTYPES[dtype_name].itemsize)}
+    if impl:
+        e["impl"] = impl
+    return e
+
+
+def _case(benchmark, device, op, impl, pas, dtype_name, m, n):
+    xs, r, w, b, dy = _inputs(device, dtype_name, m, n)
     benchmark.group = f"{op} {pas} {dtype_name} {device} {m}x{n}"
-    rounds = 20 if device == "cuda" else 7
-    run(benchmark, step, device, rounds=rounds,
-        extra={"op": op, "impl": impl, "pass": pas, "dtype": dtype_name, "device": device, "M": m, "N": n,
-               "bytes": _bytes(op, pas, m, n, dtype.itemsize)})
+    run(benchmark, _step(op, impl, pas, n, xs, r, w, b, dy), device, rounds=20 if device == "cuda" else 7,
+        extra=_extra(op, pas, dtype_name, device, m, n, impl))
 
 
 IMPLS = ["fastnorm", "torch", "reference"]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("pas", ["forward", "forward+backward"])
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "add_rms_norm"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_cpu(benchmark, impl, pas, op, dtype_name, shape):
-    _case(benchmark, "cpu", op, impl, pas, dtype_name, *shape)
+def test_cpu(benchmark, pas, op, dtype_name, shape):
+    """fastnorm, torch and the reference, interleaved round by round (median of 9)."""
+    m, n = shape
+    xs, r, w, b, dy = _inputs("cpu", dtype_name, m, n)
+    benchmark.group = f"{op} {pas} {dtype_name} cpu {m}x{n}"
+    medians = interleaved(benchmark, {impl: _step(op, impl, pas, n, xs, r, w, b, dy) for impl in IMPLS},
+                          extra=_extra(op, pas, dtype_name, "cpu", m, n))
+    benchmark.extra_info["GB/s"] = benchmark.extra_info["bytes"] / medians["fastnorm"] / 1e9
 
 
 @pytest.mark.cuda

@@ -50,3 +50,26 @@ def run(benchmark, fn, device, *, rounds, warmup=2, extra=None):
     if "bytes" in extra:
         benchmark.extra_info["GB/s"] = extra["bytes"] / median / 1e9
     return median
+
+
+def interleaved(benchmark, fns, *, rounds=9, warmup=1, extra=None):
+    """CPU side-by-side timing: each round runs every implementation once, in turn, so that machine noise
+    (other processes, page-fault storms, frequency changes) hits all of them alike. Records each one's
+    median seconds in extra_info['median_s'][impl]; pytest-benchmark's own stats time the first (fastnorm)."""
+    import time
+    times = {k: [] for k in fns}
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    names = list(fns)
+
+    def one_round():
+        for k in names:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
+    benchmark.extra_info.update(extra or {})
+    benchmark.extra_info["median_s"] = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return benchmark.extra_info["median_s"]
