@@ -162,8 +162,8 @@ void emit_dx(const P& p, int64_t r, char* dxrow, A* rbuf, A* tmp, F dx) {
   emit_row<A>(dxrow, p.dx_dtype, n, tmp, [&](int64_t i) { return dx(i) + dr[i]; });
 }
 
-// Blocked summation: each block of kBlock terms is reduced in A with SIMD lanes (<= 64 terms per lane, so
-// little rounding), and the block sums are added in double. As fast as a plain float reduction and, for
+// Blocked summation: each block of kBlock terms is reduced in A over kLanes lanes (16 terms per lane, so
+// little rounding), and the lane sums are added in double. As fast as a plain float reduction and, for
 // N = 1024, ~30x more accurate (a plain fp32 sum of 1024 terms drifts by ~1e-7 relative).
 constexpr int64_t kBlock = 512;
 
@@ -184,9 +184,7 @@ double blocked_sum(int64_t n, F f) {
       for (int64_t j = 0; j < kLanes; ++j) acc[j] += f(i + j);
     }
     for (; i < e; ++i) acc[(i - b) % kLanes] += f(i);
-    A s = 0;
-    for (int64_t j = 0; j < kLanes; ++j) s += acc[j];
-    total += static_cast<double>(s);
+    for (int64_t j = 0; j < kLanes; ++j) total += static_cast<double>(acc[j]);  // lanes meet in double
   }
   return total;
 }
@@ -321,13 +319,10 @@ void ln_bwd_row_pass_impl(const A* x, const A* dy, const A* g, A mean, A rstd, i
       for (int64_t j = 0; j < kLanes; ++j) term(i + j, j);
     }
     for (; i < e; ++i) term(i, (i - b) % kLanes);
-    A r1 = 0, r2 = 0;
-    for (int64_t j = 0; j < kLanes; ++j) {
-      r1 += s1[j];
-      r2 += s2[j];
+    for (int64_t j = 0; j < kLanes; ++j) {  // lanes meet in double
+      tg += static_cast<double>(s1[j]);
+      tgx += static_cast<double>(s2[j]);
     }
-    tg += static_cast<double>(r1);
-    tgx += static_cast<double>(r2);
   }
   sg = tg;
   sgx = tgx;
