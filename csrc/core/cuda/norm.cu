@@ -80,7 +80,7 @@ constexpr int kFwdMinThreads = 128;   // forward block size when rows are short 
 constexpr int kBwdMinThreads = 256;   // backward CTA size when rows are short
 constexpr int kChunkThreads = 512;    // most threads on one row in the chunked kernels
 constexpr int kChunkNv = 4;           // tiles per thread per chunk, chunked kernels on the fast path
-constexpr int kScalarNv = 8;          // elements per thread per chunk on the VEC = 1 path
+constexpr int kScalarNv = 8;          // elements per thread per chunk on the VEC = 1 path (f64: 4)
 constexpr int kColThreads = 32;       // bwd_dwdb_kernel / reduce_partials_kernel: threads across columns
 constexpr int kRowThreads = 8;        //   ... and across rows (or row blocks)
 constexpr int64_t kMaxGrid = int64_t(1) << 30;
@@ -225,14 +225,23 @@ __device__ __forceinline__ void round_row(DType t, A (&v)[NV][VEC]) {
 // Sums v[0..P) over the tpr threads of a row. tpr <= 32: xor butterfly inside the row's lane group
 // (a + b == b + a, so every lane ends with the same bits). tpr > 32: then the per-warp totals of the
 // row's tpr/32 warps (a block may hold several such rows) are added in warp order by every thread.
-// Every thread of the block must call it. `red` holds P * 32 values.
-template <int P, typename A, int N>
+// Every thread of the block must call it. `red` holds P * 32 values. kFullWarps: tpr >= 32 is known
+// (chunked kernels), so the butterfly has compile-time offsets.
+template <int P, bool kFullWarps = false, typename A, int N>
 __device__ __forceinline__ void row_allreduce(A (&v)[N], int tpr, A* red) {
   static_assert(P >= 1 && P <= N && P <= 2, "row_allreduce reduces the first P of N <= 2 values");
-  const int width = tpr < kWarp ? tpr : kWarp;
-  for (int o = width >> 1; o > 0; o >>= 1) {
+  if constexpr (kFullWarps) {
 #pragma unroll
-    for (int q = 0; q < P; ++q) v[q] += __shfl_xor_sync(kFullMask, v[q], o);
+    for (int o = kWarp / 2; o > 0; o >>= 1) {
+#pragma unroll
+      for (int q = 0; q < P; ++q) v[q] += __shfl_xor_sync(kFullMask, v[q], o);
+    }
+  } else {
+    const int width = tpr >= kWarp ? kWarp : tpr;
+    for (int o = width >> 1; o > 0; o >>= 1) {
+#pragma unroll
+      for (int q = 0; q < P; ++q) v[q] += __shfl_xor_sync(kFullMask, v[q], o);
+    }
   }
   if (tpr > kWarp) {
     const int warp = threadIdx.x >> 5, nw = tpr >> 5;
@@ -497,7 +506,7 @@ __global__ void __launch_bounds__(kChunkThreads) fwd_chunked_kernel(const FwdArg
     }
     A mean = A(0), rstd;
     if constexpr (kRms) {
-      row_allreduce<1>(q, tpr, red);
+      row_allreduce<1, true>(q, tpr, red);
       rstd = nd::rms_saved_rstd<A>(nd::rstd_from<A>(q[0] * inv_n, eps), p.casting, p.xd);
     } else {
       m = block_merge<A>(m, msm);
@@ -735,7 +744,7 @@ __global__ void __launch_bounds__(kChunkThreads) bwd_dx_chunked_kernel(const Bwd
       load_row<A, VEC, NV>(p.dy + row * p.dy_stride_b, p.dy_dt, col0, n, tpr, tx, gv);
       bwd_pass1<A, VEC, NV, kRms>(p, col0, tpr, tx, mean, rstd, xv, gv, sums);
     }
-    row_allreduce<kRms ? 1 : 2>(sums, tpr, red);
+    row_allreduce<kRms ? 1 : 2, true>(sums, tpr, red);
     for (int64_t col0 = 0; col0 < n; col0 += chunk) {
       A xv[NV][VEC], gv[NV][VEC];
       A unused[2] = {A(0), A(0)};
@@ -974,7 +983,7 @@ Status dispatch_fwd(const FwdArgs& a, cudaStream_t s) {
   const bool wide = a.x_dt == DType::Float64;
   const int vec = wide ? 2 : a.x_dt == DType::Float32 ? 4 : 8;
   if (!fwd_vec_ok(a, vec)) {
-    if (wide) launch_fwd_chunked<double, 1, kScalarNv, kRms>(a, s);
+    if (wide) launch_fwd_chunked<double, 1, kScalarNv / 2, kRms>(a, s);
     else launch_fwd_chunked<float, 1, kScalarNv, kRms>(a, s);
   } else if (vec == 2) {
     launch_fwd<double, 2, kRms>(a, s);
@@ -1077,7 +1086,7 @@ Status dispatch_bwd(const BwdArgs& a, void* dweight, void* dbias, DType w_dt, cu
   const int vec = wide ? 2 : a.x_dt == DType::Float32 ? 4 : 8;
   Status st;
   if (!bwd_vec_ok(a, vec)) {
-    if (wide) launch_bwd_split<double, 1, kScalarNv, kRms>(a, s);
+    if (wide) launch_bwd_split<double, 1, kScalarNv / 2, kRms>(a, s);
     else launch_bwd_split<float, 1, kScalarNv, kRms>(a, s);
   } else if (vec == 2) {
     st = launch_bwd_vec<double, 2, kRms>(a, s);
