@@ -120,7 +120,7 @@ struct Impl {
     Tensor rstd = empty_like_shape(x, leading_shape(x), to_scalar_type(stats_dtype(xd)));
     p.y = y.mutable_data_ptr(); p.y_dtype = yd;
     p.mean = mean.mutable_data_ptr(); p.rstd = rstd.mutable_data_ptr();
-    Tensor res_out = unused_output(x, to_scalar_type(xd));
+    Tensor res_out;  // only the add & norm ops return it; the plain ops drop it (no allocation)
     Rows rr;
     if (add) {
       const DType rd = residual_dtype(x, xd, residual, rx, op, residual_in_fp32, rr);
@@ -166,7 +166,7 @@ struct Impl {
     Tensor rstd = empty_like_shape(x, leading_shape(x), to_scalar_type(stats_dtype(xd)));
     p.y = y.mutable_data_ptr(); p.y_dtype = yd;
     p.rstd = rstd.mutable_data_ptr();
-    Tensor res_out = unused_output(x, to_scalar_type(xd));
+    Tensor res_out;  // only the add & norm ops return it; the plain ops drop it (no allocation)
     if (add) {
       res_out = empty_like_shape(x, shape_of(x), to_scalar_type(rd));
       p.residual_out = res_out.mutable_data_ptr(); p.residual_out_dtype = rd;

@@ -61,7 +61,7 @@ def flat_param(op: str, name: str, p: Optional[torch.Tensor], shape: tuple, n: i
     if tuple(p.shape) != tuple(shape):
         what = f"x's last dimension is {shape[0]}" if len(shape) == 1 else f"normalized_shape is {list(shape)}"
         raise ValueError(f"fastnorm.{op}: {name} has shape {list(p.shape)} but {what}")
-    return p.reshape(n)
+    return p if p.dim() == 1 else p.reshape(n)
 
 
 def trailing_shape(x: torch.Tensor, normalized_shape) -> tuple:

@@ -53,7 +53,7 @@ def layer_norm(input: Tensor, normalized_shape: ShapeLike, weight: Optional[Tens
     _check_memory_efficient("layer_norm", memory_efficient)
     x, w, b, _ = _prepare("layer_norm", input, normalized_shape, weight, bias)
     y, _, _ = ops.layer_norm(x, w, b, check_eps("layer_norm", eps), dtype_code("layer_norm", out_dtype))
-    return y.view(input.shape)
+    return y if y.shape == input.shape else y.view(input.shape)
 
 
 def rms_norm(input: Tensor, normalized_shape: ShapeLike, weight: Optional[Tensor] = None,
@@ -71,7 +71,7 @@ def rms_norm(input: Tensor, normalized_shape: ShapeLike, weight: Optional[Tensor
     eps = default_rms_eps(input.dtype) if eps is None else check_eps("rms_norm", eps)
     y, _ = ops.rms_norm(x, w, eps, b, float(offset), _casting_code("rms_norm", casting),
                         dtype_code("rms_norm", out_dtype))
-    return y.view(input.shape)
+    return y if y.shape == input.shape else y.view(input.shape)
 
 
 def _check_residual(op, input, residual):
@@ -96,6 +96,8 @@ def add_layer_norm(input: Tensor, residual: Optional[Tensor], normalized_shape: 
     r = None if residual is None else as_rows(residual, k)
     y, s, _, _ = ops.add_layer_norm(x, r, w, b, check_eps("add_layer_norm", eps), bool(residual_in_fp32),
                                     dtype_code("add_layer_norm", out_dtype))
+    if y.shape == input.shape:
+        return y, s
     return y.view(input.shape), s.view(input.shape)
 
 
@@ -110,6 +112,8 @@ def add_rms_norm(input: Tensor, residual: Optional[Tensor], normalized_shape: Sh
     eps = default_rms_eps(input.dtype) if eps is None else check_eps("add_rms_norm", eps)
     y, s, _ = ops.add_rms_norm(x, r, w, eps, b, float(offset), _casting_code("add_rms_norm", casting),
                                bool(residual_in_fp32), dtype_code("add_rms_norm", out_dtype))
+    if y.shape == input.shape:
+        return y, s
     return y.view(input.shape), s.view(input.shape)
 
 
