@@ -862,6 +862,7 @@ Status check_launch(const char* what) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Smallest power of two >= v (callers pass v <= 512).
 int pow2_ceil(int64_t v) {
   int p = 1;
   while (p < v) p <<= 1;
@@ -920,7 +921,8 @@ bool bwd_vec_ok(const BwdArgs& a, int vec) {
 
 // Block size of the chunked kernels: enough threads for a chunk to cover short rows, at most 512.
 int chunk_threads(int64_t n, int per_thread) {
-  return static_cast<int>(std::min<int64_t>(kChunkThreads, std::max<int64_t>(kWarp, pow2_ceil(ceil_div(n, per_thread)))));
+  const int64_t need = std::min<int64_t>(ceil_div(n, per_thread), kChunkThreads);
+  return std::max(kWarp, pow2_ceil(need));
 }
 
 // Largest dynamic shared memory a block may opt into on the current device (cached per device).
