@@ -91,12 +91,6 @@ inline void check_stats(const Tensor& x, const Tensor& s, DType xd, int64_t m, c
 // ---- forward (plain and add & norm share one function each) -----------------------------------------
 template <class B>
 struct Impl {
-  // Shared forward checks: x, residual, affine. Returns rows of x.
-  static Rows input_rows(const Tensor& x, const char* op) {
-    check_device_kind(x, B::kCuda, op);
-    return as_rows(x);
-  }
-
   static std::tuple<Tensor, Tensor, Tensor, Tensor> ln_forward(const char* op, const Tensor& x,
       const std::optional<Tensor>& residual, bool add, const std::optional<Tensor>& weight_in,
       const std::optional<Tensor>& bias_in, double eps, bool residual_in_fp32, int64_t out_dtype) {
@@ -123,7 +117,7 @@ struct Impl {
     Tensor res_out;  // only the add & norm ops return it; the plain ops drop it (no allocation)
     Rows rr;
     if (add) {
-      const DType rd = residual_dtype(x, xd, residual, rx, op, residual_in_fp32, rr);
+      const DType rd = residual_dtype(x, xd, residual, op, residual_in_fp32, rr);
       res_out = empty_like_shape(x, shape_of(x), to_scalar_type(rd));
       p.residual_out = res_out.mutable_data_ptr(); p.residual_out_dtype = rd;
       if (residual.has_value()) {
@@ -150,7 +144,7 @@ struct Impl {
     const auto weight = contiguous_opt(weight_in), bias = contiguous_opt(bias_in);
     Rows rr;
     DType rd = xd;
-    if (add) rd = residual_dtype(x, xd, residual, rx, op, residual_in_fp32, rr);
+    if (add) rd = residual_dtype(x, xd, residual, op, residual_in_fp32, rr);
     // The output defaults to x's dtype (also in add & norm, whatever the stored sum's dtype); llama
     // promotes it with the weight's dtype, as HF's module does (specs/norm.md §3.2).
     const DType dflt = (c == Casting::Llama && weight.has_value()) ? promote(xd, wd) : xd;
@@ -180,8 +174,8 @@ struct Impl {
   }
 
   // The stored sum's dtype: f32 if residual_in_fp32 or the residual is f32, else x's (specs/norm.md §3.3).
-  static DType residual_dtype(const Tensor& x, DType xd, const std::optional<Tensor>& residual, const Rows& rx,
-                              const char* op, bool residual_in_fp32, Rows& rr) {
+  static DType residual_dtype(const Tensor& x, DType xd, const std::optional<Tensor>& residual, const char* op,
+                              bool residual_in_fp32, Rows& rr) {
     DType rd = residual_in_fp32 ? DType::Float32 : xd;
     if (xd == DType::Float64) rd = DType::Float64;
     if (residual.has_value()) {
@@ -194,7 +188,6 @@ struct Impl {
       if (d == DType::Float32 && xd != DType::Float64) rd = DType::Float32;
       rr = as_rows(r);
     }
-    (void)rx;
     return rd;
   }
 

@@ -65,4 +65,6 @@ def flat_param(op: str, name: str, p: Optional[torch.Tensor], shape: tuple, n: i
 
 
 def trailing_shape(x: torch.Tensor, normalized_shape) -> tuple:
-    return tuple(x.shape[x.dim() - ((1) if isinstance(normalized_shape, int) else len(tuple(normalized_shape))):])
+    """The trailing dims of x that normalized_shape names."""
+    k = 1 if isinstance(normalized_shape, int) else len(tuple(normalized_shape))
+    return tuple(x.shape[x.dim() - k:])
