@@ -131,6 +131,8 @@ Status validate(const RMSNormBwdParams& p) {
   if (p.casting != Casting::Llama && p.casting != Casting::Gemma && p.casting != Casting::None)
     return invalid_argument("rms_norm_backward: casting must be 0 (llama), 1 (gemma) or 2 (none)");
   if (!is_float(p.y_dtype)) return unsupported("rms_norm_backward: y dtype is not a float type");
+  if (!std::isfinite(p.offset)) return invalid_argument("rms_norm_backward: offset must be finite");
+  if (p.offset != 0.0 && p.weight == nullptr) return invalid_argument("rms_norm_backward: offset needs a weight");
   return Status::OK();
 }
 

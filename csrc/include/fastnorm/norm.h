@@ -5,9 +5,10 @@
 // written contiguously (row stride N). Statistics (mean, rstd) are float32, or float64 when x is float64,
 // one per row. Accumulation is float32 (float64 for float64 inputs).
 //
-// dweight/dbias are deterministic: rows are split into a fixed number of blocks that depends on (M, N)
-// only, each block sums into its own fp32 partial row in `workspace`, then a second pass adds the
-// partials in block order. The caller allocates `workspace` with *_bwd_workspace_bytes().
+// dweight/dbias are deterministic: rows are split into a fixed number of blocks that depends on the shape
+// only (CPU: (M, N); CUDA: M), each block sums into its own partial row in `workspace` (fp32, fp64 for
+// float64 x), then a second pass adds the partials in block order. The caller allocates `workspace` with
+// *_bwd_workspace_bytes() of the device it runs on.
 //
 // CPU entry points live in fastnorm::norm, CUDA twins in fastnorm::norm::cuda (norm_cuda.h) and take a
 // trailing cudaStream_t. All return Status; none throws.
