@@ -4,6 +4,7 @@
 #include <string>
 
 #include "fastnorm/norm.h"
+#include "isa.h"
 #include "norm_kernels.h"
 
 namespace fastnorm {
@@ -12,15 +13,6 @@ namespace {
 
 bool is_float(DType t) {
   return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
-
-bool use_avx2() {
-#if defined(FASTNORM_HAVE_AVX2)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return ok;
-#else
-  return false;
-#endif
 }
 
 template <typename P>
@@ -135,12 +127,6 @@ Status validate(const RMSNormBwdParams& p) {
   if (p.offset != 0.0 && p.weight == nullptr) return invalid_argument("rms_norm_backward: offset needs a weight");
   return Status::OK();
 }
-
-#if defined(FASTNORM_HAVE_AVX2)
-#define FASTNORM_DISPATCH_ISA(fn, p) (use_avx2() ? avx2::fn(p) : baseline::fn(p))
-#else
-#define FASTNORM_DISPATCH_ISA(fn, p) baseline::fn(p)
-#endif
 
 Status layer_norm_fwd(const LayerNormParams& p) {
   Status s = validate(p);
