@@ -1,4 +1,5 @@
 """Plain-PyTorch references of every fastnorm op (tests and benchmarks compare against them)."""
 from . import norm
+from . import lion
 
 __all__ = ["norm"]
