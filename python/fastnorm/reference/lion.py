@@ -37,6 +37,7 @@ __all__ = [
     "philox4x32_10",
     "philox4x32_10_tensor",
     "sr_random_bits",
+    "sr_random_bits_like",
     "bf16_round_stochastic",
     "fma_rn",
     "opmath_dtype",
@@ -109,18 +110,36 @@ def sr_random_bits(numel: int, slot: int, sr_step: Optional[int], seed: int, dev
     word (e & 7) >> 1 of the output, the low half when e is even."""
     e = torch.arange(numel, dtype=torch.int64, device=device)
     j = e >> 3
-    step = 0 if sr_step is None else int(sr_step) & _M32
+    if sr_step is None:
+        step = 0
+    elif isinstance(sr_step, Tensor):  # 0-d int64 tensor: stays on the device (no host sync)
+        step = (sr_step.to(device=e.device, dtype=torch.int64).reshape(()) & _M32).expand_as(e)
+    else:
+        step = int(sr_step) & _M32
     seed = int(seed)
     words = philox4x32_10_tensor(j & _M32, j >> 32, slot, step, seed & _M32, (seed >> 32) & _M32)
     w = torch.stack(words, dim=-1).gather(-1, ((e & 7) >> 1).unsqueeze(-1)).squeeze(-1)
     return torch.where((e & 1) == 1, w >> 16, w & 0xFFFF)
 
 
+def sr_random_bits_like(t: Tensor, slot: int, sr_step, seed: int) -> Tensor:
+    """:func:`sr_random_bits` shaped like ``t``, where the flat index e of an element is its position in
+    memory order (the op sees each dense tensor as a flat view, so a channels_last tensor numbers its elements
+    by memory offset, not by logical index)."""
+    perm = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    bits = sr_random_bits(t.numel(), slot, sr_step, seed, device=t.device)
+    bits = bits.reshape([t.shape[d] for d in perm])
+    inv = [0] * t.dim()
+    for i, d in enumerate(perm):
+        inv[d] = i
+    return bits.permute(inv) if t.dim() else bits.reshape(())
+
+
 def bf16_round_stochastic(x: Tensor, r16: Tensor) -> Tensor:
     """bf16 value ``(bits(x) + r16) >> 16`` of float32 ``x`` (NaN/±Inf round to nearest), §3.6."""
     x = x.to(torch.float32)
     v = x.contiguous().view(torch.int32).to(torch.int64) & _M32
-    h = ((v + r16.reshape(x.shape).to(torch.int64)) >> 16) & 0xFFFF
+    h = ((v + r16.contiguous().reshape(x.shape).to(torch.int64)) >> 16) & 0xFFFF
     h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16).view(torch.bfloat16)
     return torch.where(torch.isfinite(x), h, x.to(torch.bfloat16))
 
@@ -276,8 +295,8 @@ def lion_step(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Seque
             out_w.append(x2.to(torch.float32))
             out_p.append(x2.to(p.dtype))
         elif stochastic_rounding and p.dtype == torch.bfloat16:
-            r16 = sr_random_bits(p.numel(), i, step_i, sr_seed, device=p.device)
-            out_p.append(bf16_round_stochastic(x2, r16).reshape(p.shape))
+            r16 = sr_random_bits_like(p, i, step_i, sr_seed)
+            out_p.append(bf16_round_stochastic(x2, r16))
         else:
             out_p.append(x2.to(p.dtype))
     return LionResult(out_p, out_m, out_w)
