@@ -11,6 +11,7 @@ from ._build import __version__
 _build.load_extensions()
 
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
+from .ops.lion import lion_step_  # noqa: E402
 from . import nn, reference  # noqa: E402
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "lion_step_",
     "nn",
     "reference",
 ]
