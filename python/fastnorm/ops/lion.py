@@ -98,6 +98,9 @@ def lion_step_(
         maximize=bool(maximize), cautious=bool(cautious), cautious_min_frac=float(cautious_min_frac),
         stochastic_rounding=bool(stochastic_rounding), sr_seed=int(sr_seed), sr_step=sr_step, nan_policy=policy,
         check_overlap=bool(check_overlap))
+    if len(params) == 0:  # no tensor: nothing to dispatch on; the op's list checks still apply
+        _fake_checks(params, grads, exp_avgs, master_params)
+        return
     with torch.no_grad():
         if master_params is None:
             torch.ops.fastnorm.lion_step_(list(params), list(grads), list(exp_avgs), lr_f, float(beta1), float(beta2),
