@@ -289,6 +289,34 @@ void lion_step(const std::vector<Tensor>& params, const std::vector<Tensor>& gra
   }
 }
 
+// The two overloads' boxed functions over a Backend (lion_cuda.cpp registers the same ones for CUDA).
+template <class B>
+void lion_step_plain(std::vector<Tensor> params, std::vector<Tensor> grads, std::vector<Tensor> exp_avgs, double lr,
+                     double beta1, double beta2, double weight_decay, int64_t decay_lr_power, double decay_ref,
+                     std::optional<Tensor> lr_tensor, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
+                     bool maximize, bool cautious, double cautious_min_frac, bool stochastic_rounding, int64_t sr_seed,
+                     std::optional<Tensor> sr_step, int64_t nan_policy, bool check_overlap) {
+  lion_step<B>(params, grads, exp_avgs, nullptr, lr, beta1, beta2, weight_decay, decay_lr_power, decay_ref, lr_tensor,
+               grad_scale, found_inf, maximize, cautious, cautious_min_frac, stochastic_rounding, sr_seed, sr_step,
+               nan_policy, check_overlap);
+}
+template <class B>
+void lion_step_master(std::vector<Tensor> params, std::vector<Tensor> grads, std::vector<Tensor> exp_avgs,
+                      std::vector<Tensor> master_params, double lr, double beta1, double beta2, double weight_decay,
+                      int64_t decay_lr_power, double decay_ref, std::optional<Tensor> lr_tensor,
+                      std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf, bool maximize, bool cautious,
+                      double cautious_min_frac, bool stochastic_rounding, int64_t sr_seed, std::optional<Tensor> sr_step,
+                      int64_t nan_policy, bool check_overlap) {
+  lion_step<B>(params, grads, exp_avgs, &master_params, lr, beta1, beta2, weight_decay, decay_lr_power, decay_ref,
+               lr_tensor, grad_scale, found_inf, maximize, cautious, cautious_min_frac, stochastic_rounding, sr_seed,
+               sr_step, nan_policy, check_overlap);
+}
+
 }  // namespace lion_ops
 }  // namespace binding
 }  // namespace fastnorm
+
+// Registers both overloads' kernels for one dispatch key (CPU in lion.cpp, CUDA in lion_cuda.cpp).
+#define FASTNORM_REGISTER_LION_IMPLS(m, Backend)                                                     \
+  m.impl("lion_step_", TORCH_BOX(&fastnorm::binding::lion_ops::lion_step_plain<Backend>));           \
+  m.impl("lion_step_.master", TORCH_BOX(&fastnorm::binding::lion_ops::lion_step_master<Backend>))
