@@ -12,7 +12,7 @@ _build.load_extensions()
 
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
 from .ops.lion import lion_step_  # noqa: E402
-from . import nn, reference  # noqa: E402
+from . import nn, optim, reference  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -22,5 +22,6 @@ __all__ = [
     "add_rms_norm",
     "lion_step_",
     "nn",
+    "optim",
     "reference",
 ]

@@ -4,7 +4,9 @@ For each registered op, dtype and available device it runs one representative sh
 and prints the normwise relative error ||out - ref|| / ||ref|| of the output and of the input gradient
 against the float64 reference (fastnorm.reference), and the speed ratio baseline time / fastnorm time, where
 the baseline is torch native when torch has the op (F.layer_norm, F.rms_norm, x + r then the native norm)
-and the plain-PyTorch reference otherwise. Runs in well under a minute on a 2-core CPU.
+and the plain-PyTorch reference otherwise. Then the Lion step (an optimizer update, no backward): the error of
+the updated params against the float64 reference and the speed against lion-pytorch's eager step (or the same
+per-tensor torch algorithm when lion-pytorch is not installed). Runs in well under a minute on a 2-core CPU.
 """
 import argparse
 import time
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fastnorm
+from fastnorm.reference import lion as lion_ref
 from fastnorm.reference import norm as ref
 
 # op name -> (fastnorm forward, baseline forward, float64 reference forward); each takes (x, r, w, b)
@@ -83,12 +86,52 @@ def run_case(name, dtype, device, shape, reps):
     return err_y, err_dx, t_base / t_fast, t_fast
 
 
+def _lion_eager(ps, gs, ms, lr, wd, betas):
+    """lion-pytorch's eager update (one tensor at a time, 3+ passes over memory per tensor)."""
+    b1, b2 = betas
+    for p, g, m in zip(ps, gs, ms):
+        p.mul_(1 - lr * wd)
+        update = m.clone().mul_(b1).add(g, alpha=1 - b1).sign_()
+        p.add_(update, alpha=-lr)
+        m.mul_(b2).add_(g, alpha=1 - b2)
+
+
+def run_lion(dtype, device, numel, reps):
+    """One Lion step on 16 tensors of numel/16 params: error of p vs float64, speed vs the eager peer."""
+    g = torch.Generator().manual_seed(0)
+    mk = lambda dt: [torch.randn(numel // 16, generator=g, dtype=torch.float64).to(dt).to(device)  # noqa: E731
+                     for _ in range(16)]
+    ps, gs = mk(dtype), mk(dtype)
+    ms = [m.mul_(0.1) for m in mk(torch.float32)]
+    kw = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    golden = lion_ref.lion_step(ps, gs, ms, precision="float64", **kw).params
+    fp, fm = [p.clone() for p in ps], [m.clone() for m in ms]
+    fastnorm.lion_step_(fp, gs, fm, **kw)
+    err = _rel(torch.cat([p.flatten() for p in fp]), torch.cat([q.flatten() for q in golden]))
+    try:
+        from lion_pytorch import Lion as PeerLion
+        peer_ps = [p.clone() for p in ps]
+        peer = PeerLion(peer_ps, **kw)
+        for p, grad in zip(peer_ps, gs):
+            p.grad = grad
+        base, base_name = peer.step, "lion_pytorch.Lion"  # state in the param dtype
+    except ImportError:
+        pms = [m.to(dtype) for m in ms]
+        base = lambda: _lion_eager(ps_b, gs, pms, 1e-4, 0.1, (0.9, 0.99))  # noqa: E731
+        ps_b, base_name = [p.clone() for p in ps], "eager torch loop"
+    t_fast = _time(lambda: fastnorm.lion_step_(fp, gs, fm, **kw), device, reps)
+    t_base = _time(base, device, reps)
+    return err, t_base / t_fast, t_fast, base_name
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastnorm", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2048)
     p.add_argument("--cols", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--ops", nargs="*", default=list(CASES))
+    p.add_argument("--lion", action=argparse.BooleanOptionalAction, default=True, help="include the Lion step")
+    p.add_argument("--lion-params", type=int, default=1 << 22)
     args = p.parse_args(argv)
 
     print("fastnorm build")
@@ -113,6 +156,22 @@ def main(argv=None):
                 flag = "" if max(ey, edx) < bound else "  <-- above the DESIGN.md §4 bound"
                 print(f"{name:16s} {device.type:6s} {str(dtype)[6:]:9s} {ey:9.2e} {edx:9.2e} {speed:6.2f}x "
                       f"{t * 1e3:8.2f}  {CASES[name][3]}{flag}")
+    if args.lion:
+        numel = args.lion_params
+        print(f"\nlion_step_, {numel} params in 16 tensors, float32 momentum; err = ||p - p_ref|| / ||p_ref|| after"
+              " one step vs the float64 reference")
+        header = f"{'op':16s} {'device':6s} {'dtype':9s} {'err(p)':>9s} {'speed':>7s} {'ms':>8s}  baseline"
+        print(header)
+        print("-" * len(header))
+        for device in devices:
+            for dtype in (torch.float32, torch.bfloat16):
+                err, speed, t, base_name = run_lion(dtype, device, numel, args.reps)
+                # bf16 params round the update to the bf16 grid: the bound is the 16-bit one.
+                bound = 1e-5 if dtype == torch.float32 else 1e-2
+                worst = max(worst, err / bound)
+                flag = "" if err < bound else "  <-- above the bound"
+                print(f"{'lion_step_':16s} {device.type:6s} {str(dtype)[6:]:9s} {err:9.2e} {speed:6.2f}x "
+                      f"{t * 1e3:8.2f}  {base_name}{flag}")
     print("\nall errors within bounds" if worst < 1 else "\nSOME ERRORS ABOVE BOUNDS")
     return 0 if worst < 1 else 1
 
