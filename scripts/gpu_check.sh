@@ -42,6 +42,8 @@ run_step "pytest (all, on this machine)" pytest_all.log $PY -m pytest tests/pyth
 if command -v compute-sanitizer >/dev/null; then
   run_step "compute-sanitizer memcheck" memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 \
     $PY -m pytest tests/python/test_norm.py -q -x -k "cuda_matches_cpu and (127 or 4095) and float32"
+  run_step "compute-sanitizer memcheck (lion)" memcheck_lion.log compute-sanitizer --tool memcheck \
+    --error-exitcode 1 $PY -m pytest tests/python/test_lion.py -q -x -k "cuda and (1023 or unaligned) and fp32"
 else
   record "compute-sanitizer memcheck" SKIP "compute-sanitizer not on PATH"
 fi

@@ -1,6 +1,7 @@
 // CUDA kernels of the norm family, registered for the CUDA dispatch key. The schemas live in norm.cpp
-// (fastnorm._C). Launches go on torch's current stream of x's device.
+// (fastnorm._C). Launches go on torch's current stream of x's device, with x's device made current.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include "fastnorm/norm_cuda.h"
 #include "norm_impls.h"
@@ -17,15 +18,19 @@ struct CudaBackend {
   static constexpr bool kCuda = true;
   using Tensor = torch::stable::Tensor;
   static fastnorm::Status layer_norm_fwd(const fastnorm::norm::LayerNormParams& p, const Tensor& x) {
+    torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
     return fastnorm::norm::cuda::layer_norm_fwd(p, current_stream(x));
   }
   static fastnorm::Status layer_norm_bwd(const fastnorm::norm::LayerNormBwdParams& p, const Tensor& x) {
+    torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
     return fastnorm::norm::cuda::layer_norm_bwd(p, current_stream(x));
   }
   static fastnorm::Status rms_norm_fwd(const fastnorm::norm::RMSNormParams& p, const Tensor& x) {
+    torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
     return fastnorm::norm::cuda::rms_norm_fwd(p, current_stream(x));
   }
   static fastnorm::Status rms_norm_bwd(const fastnorm::norm::RMSNormBwdParams& p, const Tensor& x) {
+    torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
     return fastnorm::norm::cuda::rms_norm_bwd(p, current_stream(x));
   }
   static size_t layer_norm_bwd_workspace_bytes(const fastnorm::norm::LayerNormBwdParams& p) {
