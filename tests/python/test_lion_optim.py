@@ -202,6 +202,68 @@ def test_grad_scaler_cpu():
 
 
 @needs_op
+def test_grad_scaler_unscale_then_clip():
+    """scaler.unscale_ (for clipping) before step: grads are unscaled on the host, the op gets found_inf only."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    ref = torch.nn.Linear(8, 4)
+    ref.load_state_dict(model.state_dict())
+    opt, ropt = Lion(model.parameters(), lr=1e-2), Lion(ref.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    x = torch.randn(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for _ in range(2):
+            opt.zero_grad()
+            ropt.zero_grad()
+            scaler.scale(model(x).square().mean()).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+            scaler.step(opt)
+            scaler.update()
+            ref(x).square().mean().backward()
+            ropt.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_torch_path_amp(foreach):
+    """The pure-torch paths honour grad_scale / found_inf too; GradScaler unscales for them on the host."""
+    ps = params_of(SHAPES)
+    opt = Lion(ps, lr=1e-2, weight_decay=0.1, foreach=foreach, fused=False if not foreach else None)
+    assert not opt._step_supports_amp_scaling
+    set_grads(ps, [make(p.shape, seed=i) for i, p in enumerate(ps)])
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    m_before = [opt.state[p]["exp_avg"].clone() for p in ps]
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(ps, before))
+    assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in zip(ps, m_before))
+    qs = clone_params(ps)
+    opt2 = Lion(qs, lr=1e-2, weight_decay=0.1, foreach=foreach, fused=False if not foreach else None)
+    opt2.load_state_dict(deepcopy(opt.state_dict()))
+    opt.found_inf = torch.tensor(0.0)
+    grads = [make(p.shape, seed=20 + i) for i, p in enumerate(ps)]
+    set_grads(ps, [g * 4 for g in grads])
+    set_grads(qs, grads)
+    opt.step()
+    opt2.step()
+    assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(ps, qs))
+    # GradScaler with a non-fused optimizer: the classic unscale-and-skip protocol
+    model = torch.nn.Linear(8, 4)
+    opt3 = Lion(model.parameters(), lr=1e-2, foreach=foreach, fused=False if not foreach else None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+    scaler.scale(model(torch.randn(4, 8)).sum()).backward()
+    model.weight.grad[0, 0] = float("nan")
+    w = model.weight.detach().clone()
+    scaler.step(opt3)
+    scaler.update()
+    assert torch.equal(model.weight.detach(), w) and scaler.get_scale() == 32.0
+
+
+@needs_op
 @pytest.mark.cuda
 def test_grad_scaler_cuda_no_sync():
     _amp_scaler_run("cuda")
@@ -799,3 +861,15 @@ def test_training_quality_matches_lion_pytorch():
         assert abs(mf - mp) <= max(3 * sd, 0.02 * mp), f"step {k}: {mf} vs {mp} (σ {sd})"
     assert abs(fn_t[:, -1].mean() - pe_t[:, -1].mean()) <= 0.02 * pe_t[:, -1].mean()
     assert pe_t[:, -1].mean() < 0.92 * pe_t[:, 0].mean()  # it actually learned
+
+
+@needs_op
+def test_deepcopy_and_pickle_keep_behaviour():
+    import pickle
+    ps = params_of([(5,)], torch.bfloat16)
+    opt = Lion(ps, lr=1e-3, stochastic_rounding=True, cautious=True)
+    _run(opt, ps, 1, 3)
+    for other in (deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        g = other.state_dict()["param_groups"][0]
+        assert g["caution"] is True and "differentiable" not in g
+        assert int(other.param_groups[0]["sr_step"]) == 1

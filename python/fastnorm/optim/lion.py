@@ -238,7 +238,11 @@ class Lion(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for k, v in self.defaults.items():
-                group.setdefault(k, v)
+                if k != "differentiable":  # torch's __setstate__ adds it to defaults; Lion has no such key
+                    group.setdefault(k, v)
+        # hooks are not pickled (torch's __getstate__ keeps defaults, state and groups only): re-register
+        if not any(h is Lion._add_timm_aliases for h in self._optimizer_state_dict_post_hooks.values()):
+            self.register_state_dict_post_hook(Lion._add_timm_aliases)
 
     @staticmethod
     def _state_dtype(group, p: Tensor) -> torch.dtype:
