@@ -873,3 +873,51 @@ def test_deepcopy_and_pickle_keep_behaviour():
         g = other.state_dict()["param_groups"][0]
         assert g["caution"] is True and "differentiable" not in g
         assert int(other.param_groups[0]["sr_step"]) == 1
+
+
+# ---- the reference module itself --------------------------------------------------------------------
+def test_reference_philox_known_answers():
+    assert ref.philox4x32_10([0, 0, 0, 0], [0, 0]) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    m = 0xFFFFFFFF
+    assert ref.philox4x32_10([m] * 4, [m, m]) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    c = torch.tensor([0, m, 12345, 2 ** 31 + 7])
+    out = ref.philox4x32_10_tensor(c, c ^ 0x55, c >> 3, 77, 0xDEADBEEF, 3)
+    for i in range(4):
+        ci = int(c[i])
+        expect = ref.philox4x32_10([ci, ci ^ 0x55, ci >> 3, 77], [0xDEADBEEF, 3])
+        assert tuple(int(w[i]) for w in out) == expect
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_fma_is_correctly_rounded(dtype):
+    from fractions import Fraction
+    import numpy as np
+    g = torch.Generator().manual_seed(3)
+    n = 3000
+    a = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    c = (-(a.double() * b.double()) * (1 + torch.randn(n, generator=g, dtype=torch.float64) * 1e-6)).to(dtype)
+    c[::3] = torch.randn(len(c[::3]), generator=g, dtype=torch.float64).to(dtype)  # no cancellation
+    r = ref.fma_rn(a, b, c)
+    for i in range(n):
+        exact = Fraction(a[i].item()) * Fraction(b[i].item()) + Fraction(c[i].item())
+        if dtype == torch.float64:
+            want = float(exact)  # Fraction -> float rounds correctly
+        else:
+            f = np.float32(float(exact))
+            cands = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+            want = float(min(cands, key=lambda x: (abs(Fraction(float(x)) - exact),
+                                                  int(np.array(x).view(np.int32)) & 1)))
+        assert r[i].item() == want, (i, a[i].item(), b[i].item(), c[i].item())
+
+
+def test_reference_float64_mode_close_to_exact_mode():
+    ps = [make((100,), torch.float64, 1), make((7, 3), torch.float64, 2)]
+    gs = [make(p.shape, torch.float64, 10 + i) for i, p in enumerate(ps)]
+    ms = [make(p.shape, torch.float64, 20 + i, scale=0.1) for i, p in enumerate(ps)]
+    kw = dict(lr=1e-2, weight_decay=0.1, decay_mode="corrected", decay_ref_lr=3e-2, cautious=True)
+    a = ref.lion_step(ps, gs, ms, precision="float64", **kw)
+    b = ref.lion_step(ps, gs, ms, precision="exact", **kw)
+    for x, y in zip(a.params + a.exp_avgs, b.params + b.exp_avgs):
+        torch.testing.assert_close(x, y, rtol=1e-14, atol=1e-15)
+    assert all(torch.equal(p, make(p.shape, torch.float64, 1 + i)) for i, p in enumerate(ps))  # out of place

@@ -271,11 +271,9 @@ def lion_step(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Seque
             numel = keep.numel()
             frac = float(torch.tensor(count / numel if numel else 0.0, dtype=torch.float32))
             lo = float(torch.tensor(cautious_min_frac, dtype=torch.float32))
-            if exact:
-                q = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(max(frac, lo), dtype=torch.float32)
-                q = q.to(T)
-            else:
-                q = 1.0 / max(frac, lo)
+            # q is defined in float32 (§3.5) in both precisions: it is part of the update's definition
+            q = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(max(frac, lo), dtype=torch.float32)
+            q = q.to(T)
             u = torch.where(keep, s * q, torch.where(torch.isnan(s), s, torch.zeros_like(s)))
         if exact:
             x1 = x * torch.tensor(1.0 - delta, dtype=T)
