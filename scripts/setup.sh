@@ -28,6 +28,9 @@ fi
   echo "setup: installing build and test tools"
   pip_install numpy "scikit-build-core>=0.10" pytest pytest-benchmark hypothesis expecttest ninja
 }
+# Peer packages the parity tests and benchmarks compare with (tests import them with importorskip).
+"$PY" -c "import lion_pytorch" >/dev/null 2>&1 || pip_install --no-deps lion-pytorch >/dev/null 2>&1 || \
+  echo "setup: lion-pytorch not installable here (the Lion peer-parity tests will skip)"
 "$PY" -c "import torch_abi_audit" >/dev/null 2>&1 || pip_install torch-abi-audit >/dev/null 2>&1 || \
   echo "setup: torch-abi-audit not installable here (the ABI audit step will be skipped)"
 
