@@ -3,7 +3,8 @@
 #   - a virtual environment in .venv (or the interpreter in $PY, or the active $VIRTUAL_ENV);
 #   - torch: kept if importable, else `pip install $FASTNORM_TORCH_SPEC` (default torch==2.13.0: on this
 #     machine kind pip takes the CPU build from local disk; elsewhere pick your build, e.g. a CUDA one);
-#   - the Python test/bench tools, and (as root, via apt) GoogleTest and Google Benchmark for the C++ tests.
+#   - the Python test/bench tools, peer packages the parity tests use (lion-pytorch), and (as root, via apt)
+#     GoogleTest and Google Benchmark for the C++ tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
