@@ -3,6 +3,8 @@
 * DDP with stochastic rounding for 10 steps: params bitwise equal across ranks (same seed and sr_step on every
   rank, same all-reduced grads, deterministic kernel).
 * Shard(0) DTensor params (the FSDP2 layout) equal an unsharded run (the optimizer steps the local shards).
+* FSDP2 ``fully_shard`` on CPU/gloo (where the installed torch supports it): training steps equal a
+  single-process run bitwise (both ranks see the same batch, so the averaged grads are the local ones).
 * CUDA: an FSDP2 ``fully_shard`` smoke test on one GPU.
 
 Both CPU checks run in one spawn (process start-up dominates); each test reads its part of the result.
@@ -102,11 +104,45 @@ def _dtensor_shard(rank, outdir):
     return "ok"
 
 
+def _fsdp2_cpu(rank, outdir):
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh("cpu", (WORLD,))
+    except Exception as e:
+        return f"SKIP: FSDP2 on CPU/gloo unusable: {type(e).__name__}: {e}"
+    from fastnorm.optim import Lion
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 33), torch.nn.GELU(), torch.nn.Linear(33, 8))
+
+    ref, model = build(), build()
+    try:
+        fully_shard(model, mesh=mesh)
+    except Exception as e:
+        return f"SKIP: fully_shard on CPU unsupported by this torch: {type(e).__name__}: {e}"
+    ref_opt = Lion(ref.parameters(), lr=1e-2, weight_decay=0.1)
+    opt = Lion(model.parameters(), lr=1e-2, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(5)  # the same batches on both ranks
+    for _ in range(3):
+        x, y = torch.randn(8, 16, generator=gen), torch.randn(8, 8, generator=gen)
+        for m, o in ((ref, ref_opt), (model, opt)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for i, (p, q) in enumerate(zip(ref.parameters(), model.parameters())):
+        got = q.detach().full_tensor()
+        # Lion moves by +-lr: a sign flip from a differently ordered grad reduction would show as 2*lr.
+        assert torch.allclose(got, p.detach(), rtol=0, atol=1e-6), f"param {i}: {(got - p).abs().max()}"
+    return "ok"
+
+
 def _worker(rank, port, outdir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
-        for name, fn in (("ddp_sr", _ddp_sr), ("dtensor", _dtensor_shard)):
+        for name, fn in (("ddp_sr", _ddp_sr), ("dtensor", _dtensor_shard), ("fsdp2_cpu", _fsdp2_cpu)):
             try:
                 _write(outdir, rank, name, fn(rank, outdir))
             except Exception:
@@ -122,7 +158,7 @@ def dist_results(tmp_path_factory):
     outdir = str(tmp_path_factory.mktemp("lion_dist"))
     mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
     res = {}
-    for name in ("ddp_sr", "dtensor"):
+    for name in ("ddp_sr", "dtensor", "fsdp2_cpu"):
         res[name] = []
         for r in range(WORLD):
             path = os.path.join(outdir, f"{name}.{r}")
@@ -143,6 +179,10 @@ def test_ddp_stochastic_rounding_ranks_bitwise_equal(dist_results):
 
 def test_dtensor_shard0_equals_unsharded(dist_results):
     _check(dist_results["dtensor"])
+
+
+def test_fsdp2_cpu_equals_single_process(dist_results):
+    _check(dist_results["fsdp2_cpu"])
 
 
 @pytest.mark.cuda
