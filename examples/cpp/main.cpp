@@ -1,10 +1,12 @@
 // Links the torch-free fastnorm core from another program: normalises a small batch of rows with
-// LayerNorm and RMSNorm and checks every output against a plain double-precision computation.
+// LayerNorm and RMSNorm, takes one Lion optimizer step over two tensors, and checks every output against a
+// plain double-precision computation.
 // Exit status 0 when everything matches, 1 otherwise.
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
+#include "fastnorm/lion.h"
 #include "fastnorm/norm.h"
 
 namespace {
@@ -113,6 +115,37 @@ int main() {
   rel = 0;
   for (int r = 0; r < kRows; ++r) rel = std::fmax(rel, std::fabs(zrstd[r] - zrstd_ref[r]) / zrstd_ref[r]);
   ok &= report("rms_norm_fwd rstd (relative)", rel);
+
+  // Lion: one in-place step over two tensors (params, grads, momenta), lr 0.01, weight decay 0.1.
+  std::vector<float> p1 = {0.5f, -1.0f, 2.0f}, g1 = {1.0f, 0.0f, -3.0f}, m1 = {0.0f, 0.0f, 1.0f};
+  std::vector<float> p2 = {1.0f, 1.0f}, g2 = {-0.5f, 0.25f}, m2 = {0.1f, -0.1f};
+  const std::vector<float> p_old[2] = {p1, p2}, g_old[2] = {g1, g2}, m_old[2] = {m1, m2};
+  fastnorm::lion::LionTensor tensors[2] = {{p1.data(), g1.data(), m1.data(), nullptr, 3, 0},
+                                           {p2.data(), g2.data(), m2.data(), nullptr, 2, 1}};
+  fastnorm::lion::LionStepParams lion;
+  lion.tensors = tensors;
+  lion.n_tensors = 2;
+  lion.lr = 0.01;
+  lion.weight_decay = 0.1;  // beta1 = 0.9, beta2 = 0.99 by default
+  s = fastnorm::lion::step(lion);
+  if (!s.ok()) {
+    std::printf("lion::step failed: %s\n", s.message().c_str());
+    return 1;
+  }
+  double lion_p_err = 0, lion_m_err = 0;
+  const std::vector<float>* p_new[2] = {&p1, &p2};
+  const std::vector<float>* m_new[2] = {&m1, &m2};
+  for (int t = 0; t < 2; ++t)
+    for (size_t i = 0; i < p_old[t].size(); ++i) {
+      const double c = 0.9 * m_old[t][i] + 0.1 * g_old[t][i];
+      const double sign = c > 0 ? 1.0 : (c < 0 ? -1.0 : 0.0);
+      const double p_ref = p_old[t][i] * (1.0 - 0.01 * 0.1) - 0.01 * sign;
+      const double m_ref = 0.99 * m_old[t][i] + 0.01 * g_old[t][i];
+      lion_p_err = std::fmax(lion_p_err, std::fabs((*p_new[t])[i] - p_ref));
+      lion_m_err = std::fmax(lion_m_err, std::fabs((*m_new[t])[i] - m_ref));
+    }
+  ok &= report("lion::step params", lion_p_err);
+  ok &= report("lion::step exp_avg", lion_m_err);
 
   // A bad argument comes back as a Status, never as a crash or an exception.
   fastnorm::norm::LayerNormParams bad = ln;
