@@ -41,6 +41,8 @@ bench: install test-cpp
 	$(PY) -m pytest bench/python -q --benchmark-json=bench/out/bench_python.json
 	build/cpp/bench/cpp/fastnorm_bench_norm --benchmark_min_time=0.2 --benchmark_out=bench/out/bench_cpp.json \
 	  --benchmark_out_format=json
+	OMP_NUM_THREADS=2 build/cpp/bench/cpp/fastnorm_bench_lion --benchmark_min_time=0.2 --benchmark_repetitions=3 \
+	  --benchmark_out=bench/out/bench_cpp_lion.json --benchmark_out_format=json
 
 # Builds the wheel with the CUDA kernels (scikit-build-core, abi3) into build/cuda-wheel; the kernels
 # compile and link here even without a GPU (they only run on one: scripts/gpu_check.sh).
