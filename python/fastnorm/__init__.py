@@ -12,7 +12,9 @@ _build.load_extensions()
 
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm  # noqa: E402
 from .ops.lion import lion_step_  # noqa: E402
+from .ops.norm_unified import channel_affine, unified_norm  # noqa: E402,F401
 from . import nn, optim, reference  # noqa: E402
+from .nn.norm_unified import fold_into_linear  # noqa: E402,F401
 
 __all__ = [
     "__version__",

@@ -1,4 +1,5 @@
 """fastnorm modules: drop-in replacements for torch.nn layers backed by fastnorm kernels."""
 from .norm import FusedAddLayerNorm, FusedAddRMSNorm, LayerNorm, LlamaRMSNorm, RMSNorm
+from .norm_unified import UN1d, UnifiedNorm, fold_into_linear  # noqa: F401
 
 __all__ = ["LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm"]
