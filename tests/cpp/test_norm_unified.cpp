@@ -295,7 +295,7 @@ TEST(UnifiedNormCore, StatusOnBadArguments) {
   bad([](UnifiedNormParams& q) { q.state_dtype = DType::Float64; }, StatusCode::Unsupported);
   bad([](UnifiedNormParams& q) { q.x_stride = 2; }, StatusCode::InvalidArgument);
   UnifiedNormBwdParams b;
-  b.rows = 1; b.cols = 1; b.dy = buf; b.x = buf; b.dy_dtype = DType::Float16;
+  b.rows = 1; b.cols = 1; b.dy = buf; b.x = buf; b.weight = buf; b.dy_dtype = DType::Float16;
   EXPECT_EQ(validate(b).code(), StatusCode::InvalidArgument);  // workspace null is checked first
   b.workspace = buf;
   EXPECT_EQ(validate(b).code(), StatusCode::Unsupported);  // dy dtype differs from x
