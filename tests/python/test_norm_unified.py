@@ -225,6 +225,33 @@ def test_compile_eval_fullgraph():
     assert torch.equal(cm(x), m(x))
 
 
+def test_compile_training_graph_break_equals_eager():
+    """Training under torch.compile runs the state-updating Function eagerly (graph break) and matches eager."""
+    torch._dynamo.reset()
+    a, b = fastnorm.nn.UnifiedNorm(16, window_size=2, warmup_iters=1, compensation_start=2), None
+    b = fastnorm.nn.UnifiedNorm(16, window_size=2, warmup_iters=1, compensation_start=2)
+    cb = torch.compile(b, backend="eager")
+    for i in range(4):
+        x = make((2, 5, 16), torch.float32, 40 + i)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        (a(xa) * x).sum().backward()
+        (cb(xb) * x).sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_fused_add():
+    m = fastnorm.nn.UnifiedNorm(8, window_size=2)
+    ref = fastnorm.nn.UnifiedNorm(8, window_size=2)
+    x, r = make((2, 3, 8), torch.bfloat16, 41), make((2, 3, 8), torch.float32, 42)
+    y, s = m.fused_add(x, r)
+    assert s.dtype == torch.float32 and torch.equal(s, x.float() + r)
+    assert torch.equal(y, ref(x.float() + r))
+    y2, s2 = m.fused_add(x, r.bfloat16())
+    assert s2.dtype == torch.bfloat16
+
+
 # ---- channel_affine ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cd", [1, -1, 0])
 def test_channel_affine_gradcheck(cd):

@@ -72,6 +72,18 @@ class UnifiedNorm(torch.nn.Module):
                               outlier_filtration=self.outlier_filtration, eps=self.eps, momentum=self.momentum,
                               compensation_start=self.compensation_start)
 
+    def fused_add(self, x: Tensor, residual: Tensor, *, residual_in_fp32: bool = False,
+                  pad_mask: Tensor = None) -> Tuple[Tensor, Tensor]:
+        """``s = x + residual`` (summed in float32 and kept in float32 with ``residual_in_fp32`` or a float32
+        residual, else in x's dtype), then ``(self(s), s)``; unfused for UN (its statistics span the batch)."""
+        if residual is None:
+            s = x.clone()
+        else:
+            wide = residual_in_fp32 or residual.dtype == torch.float32
+            dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if wide else x.dtype)
+            s = (x.float() + residual.float()).to(dt) if x.dtype != torch.float64 else x + residual
+        return self(s, pad_mask), s
+
 
 UN1d = UnifiedNorm
 
