@@ -15,6 +15,8 @@ from .ops.lion import lion_step_  # noqa: E402
 from .ops.norm_unified import channel_affine, unified_norm  # noqa: E402,F401
 from . import nn, optim, reference  # noqa: E402
 from .nn.norm_unified import fold_into_linear  # noqa: E402,F401
+from .nn.norm_mixln import mixln_layer_types  # noqa: E402
+from .nn.norm_patch import patch  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -27,3 +29,4 @@ __all__ = [
     "optim",
     "reference",
 ]
+__all__ += ["mixln_layer_types", "patch"]

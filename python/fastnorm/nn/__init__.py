@@ -1,5 +1,8 @@
 """fastnorm modules: drop-in replacements for torch.nn layers backed by fastnorm kernels."""
 from .norm import FusedAddLayerNorm, FusedAddRMSNorm, LayerNorm, LlamaRMSNorm, RMSNorm
 from .norm_unified import UN1d, UnifiedNorm, fold_into_linear  # noqa: F401
+from .norm_mixln import MixLNBlock, mixln_layer_types  # noqa: F401
+from .norm_patch import patch  # noqa: F401
 
 __all__ = ["LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm"]
+__all__ += ["MixLNBlock", "mixln_layer_types", "patch"]
