@@ -371,6 +371,17 @@ def test_patch_flags_shared_modules_and_root():
     odd.c.variance_epsilon = 1
     assert fastnorm.patch(odd) == []
 
+    class ScaledLayerNorm(torch.nn.LayerNorm):  # a subclass with extra state is never replaced
+        def __init__(self, d):
+            super().__init__(d)
+            self.register_buffer("scale", torch.ones(()))
+
+    holder = torch.nn.Module()
+    holder.s = ScaledLayerNorm(8)
+    with pytest.warns(UserWarning, match=r"s \(ScaledLayerNorm\) left in place: it has state a fastnorm module "
+                                         r"would drop: scale"):
+        assert fastnorm.patch(holder, include_subclasses=True) == []
+
 
 def test_patch_verify_off_and_meta():
     model = tiny_model()
@@ -398,6 +409,20 @@ def test_patch_bf16_model():
     with torch.no_grad():
         after = model(ids)
     assert rel_err(after, before) < 1e-2
+
+
+@pytest.mark.cuda
+def test_patch_cuda_model_matches_cpu():
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(22))
+    outs = []
+    for device in ("cpu", "cuda"):
+        model = tiny_model().to(device)
+        with pytest.warns(UserWarning, match="gemma"):
+            assert fastnorm.patch(model) == PATCHED  # verify ran on the weights' device
+        assert model.ln.weight.device.type == device
+        with torch.no_grad():
+            outs.append(model(ids.to(device)).cpu())
+    assert rel_err(outs[1], outs[0]) < 1e-5
 
 
 def patched_block():

@@ -103,6 +103,11 @@ def _build_replacement(m: torch.nn.Module, layer_norm: bool, rms_norm: bool, rms
     else:
         return None, None
 
+    extra = sorted({k for k, p in m._parameters.items() if p is not None} - {"weight", "bias"}
+                   | {k for k, b in m._buffers.items() if b is not None}
+                   | {k for k, c in m._modules.items() if c is not None})
+    if extra:  # a subclass with more state: the new module could not keep its state_dict keys
+        return None, f"it has state a fastnorm module would drop: {', '.join(extra)}"
     params = [p for p in m._parameters.values() if p is not None]
     for p in params:
         if p.dtype not in _DTYPES:
