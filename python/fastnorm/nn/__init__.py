@@ -3,6 +3,9 @@ from .norm import FusedAddLayerNorm, FusedAddRMSNorm, LayerNorm, LlamaRMSNorm, R
 from .norm_unified import UN1d, UnifiedNorm, fold_into_linear  # noqa: F401
 from .norm_mixln import MixLNBlock, mixln_layer_types  # noqa: F401
 from .norm_patch import patch  # noqa: F401
+from .norm_crms import CRMSNorm  # noqa: F401
+from .norm_alpha_bn import AlphaBatchNorm2d  # noqa: F401
 
 __all__ = ["LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm"]
 __all__ += ["MixLNBlock", "mixln_layer_types", "patch"]
+__all__ += ["CRMSNorm", "AlphaBatchNorm2d"]
