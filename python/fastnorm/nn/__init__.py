@@ -9,3 +9,5 @@ from .norm_alpha_bn import AlphaBatchNorm2d  # noqa: F401
 __all__ = ["LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm"]
 __all__ += ["MixLNBlock", "mixln_layer_types", "patch"]
 __all__ += ["CRMSNorm", "AlphaBatchNorm2d"]
+from .norm_power import MaskPowerNorm, PowerNorm
+__all__ += ["PowerNorm", "MaskPowerNorm"]

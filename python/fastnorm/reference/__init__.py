@@ -3,5 +3,6 @@ from . import norm
 from . import lion
 from . import norm_unified
 from . import norm_crms, norm_alpha_bn  # noqa: F401
+from . import norm_power
 
 __all__ = ["norm"]
