@@ -6,7 +6,8 @@
 // the same pass also writes y. During warmup the divisor needs the batch sums, so a second pass over x
 // writes y. Backward: dx depends on the channel sums only through the old nu, so one pass per row computes
 // dx (GroupScaling's backward needs the group's sum of dxt*xt, formed over the row buffer first) and adds
-// the four per-channel statistics into its block's partials. Partials are summed in block order.
+// the four per-channel statistics into its block's partials. Partials are summed in block order. Row sums
+// use `omp simd reduction`, whose order is fixed at compile time, so results do not depend on the threads.
 #include <omp.h>
 
 #include <algorithm>
@@ -98,6 +99,7 @@ void fwd_impl(const PowerNormParams& p) {
       const bool valid = mask == nullptr || mask[pm::mask_index(r, T, B, p.batch_first)] == 0;
       for (int64_t k = 0; k < G; ++k) {
         A s = 0;
+#pragma omp simd reduction(+ : s)
         for (int64_t c = k * K; c < (k + 1) * K; ++c) {
           const A v = load_as<X, A>(xr[c]);
           xa[c] = v;
@@ -179,6 +181,7 @@ void bwd_impl(const PowerNormBwdParams& p) {
       for (int64_t k = 0; k < G; ++k) {
         const A rho = grs[r * G + k];
         A dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int64_t c = k * K; c < (k + 1) * K; ++c) {
           const A xv = load_as<X, A>(xr[c]) * rho;
           const A z = xv / den[c];
@@ -237,6 +240,7 @@ void eval_impl(const PowerNormEvalParams& p) {
     X* yr = y + r * C;
     for (int64_t k = 0; k < G; ++k) {
       A s = 0;
+#pragma omp simd reduction(+ : s)
       for (int64_t c = k * K; c < (k + 1) * K; ++c) {
         const A v = load_as<X, A>(xr[c]);
         s += v * v;
