@@ -16,6 +16,7 @@ from .ops.norm_unified import channel_affine, unified_norm  # noqa: E402,F401
 from .ops.norm_crms import crms_norm  # noqa: E402,F401
 from .ops.norm_alpha_bn import alpha_batch_norm  # noqa: E402,F401
 from .ops.norm_power import power_norm  # noqa: E402
+from .ops.norm_evonorm import evonorm_b0, evonorm_s0  # noqa: E402
 from . import nn, optim, reference  # noqa: E402
 from .nn.norm_unified import fold_into_linear  # noqa: E402,F401
 from .nn.norm_mixln import mixln_layer_types  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "add_rms_norm",
     "lion_step_",
     "power_norm",
+    "evonorm_b0", "evonorm_s0",
     "nn",
     "optim",
     "reference",

@@ -11,3 +11,5 @@ __all__ += ["MixLNBlock", "mixln_layer_types", "patch"]
 __all__ += ["CRMSNorm", "AlphaBatchNorm2d"]
 from .norm_power import MaskPowerNorm, PowerNorm
 __all__ += ["PowerNorm", "MaskPowerNorm"]
+from .norm_evonorm import EvoNorm2dB0, EvoNorm2dS0  # noqa: F401,E402
+__all__ += ["EvoNorm2dB0", "EvoNorm2dS0"]
