@@ -278,7 +278,9 @@ TEST(EvoStatus, RejectsBadArguments) {
   bad([](EvoNormB0Params& q) { q.x_dtype = DType::Int32; }, "int x");
   bad([](EvoNormB0Params& q) { q.w_dtype = DType::Float64; }, "f64 weight with f32 x");
   EvoNormS0Params s;
+  float w6[6] = {1, 1, 1, 1, 1, 1};
   s.batch = 1; s.channels = 6; s.spatial = 1; s.groups = 4;
+  s.x = w6; s.weight = w6; s.bias = w6; s.v = w6; s.y = y; s.group_mean = st; s.group_rstd = st;
   const Status r = fastnorm::norm::validate(s);
   EXPECT_EQ(r.code(), StatusCode::InvalidArgument);
   EXPECT_NE(r.message().find("groups (4) must divide channels (6)"), std::string::npos) << r.message();

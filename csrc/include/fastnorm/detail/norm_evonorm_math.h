@@ -31,9 +31,10 @@ FASTNORM_HD_INLINE double evo_running_var(double running, double var, double mom
 }
 
 // D = max(L, R) with NaN propagating from either side (as torch.maximum does).
+// Written as selects, not an early return, so the CPU loops if-convert and vectorise.
 template <typename A> FASTNORM_HD_INLINE A evo_max(A l, A r) {
-  if (l != l || r != r) return l + r;
-  return r > l ? r : l;
+  const A m = r > l ? r : l;
+  return (l != l || r != r) ? l + r : m;
 }
 
 // Share of dD that goes to R = v*x + S: 1 where R wins, 0 where L wins; at a tie timm (torch's max
