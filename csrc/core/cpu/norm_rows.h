@@ -1,6 +1,6 @@
 // Internal: the row machinery of the CPU norm kernels (row I/O with widening/narrowing, blocked sums,
-// affine vectors, the deterministic block partition and the weight-gradient partial reduction), the same
-// helpers norm_kernels.cpp uses, for the per-op kernel files (norm_<op>_kernels.cpp).
+// affine vectors, the deterministic block partition and the weight-gradient partial reduction), shared by
+// norm_kernels.cpp (LayerNorm / RMSNorm) and the per-op kernel files (norm_<op>_kernels.cpp).
 //
 // Include it inside `namespace fastnorm { namespace norm { namespace FASTNORM_ISA { namespace {`: every
 // kernel file is built once per ISA, and these functions must be compiled with that file's flags.
