@@ -1,20 +1,14 @@
 // CUDA kernel of lion_step_, registered for the CUDA dispatch key. The schemas live in lion.cpp
 // (fastnorm._C). Launches go on torch's current stream of the params' device, under a device guard.
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
 
+#include "binding_cuda.h"
 #include "fastnorm/lion_cuda.h"
 #include "lion_ops.h"
 
 namespace {
 
+using fastnorm::binding::current_stream;
 using fastnorm::binding::Tensor;
-
-cudaStream_t current_stream(const Tensor& ref) {
-  void* s = nullptr;
-  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(ref.get_device_index(), &s));
-  return static_cast<cudaStream_t>(s);
-}
 
 struct CudaBackend {
   static constexpr bool kCuda = true;

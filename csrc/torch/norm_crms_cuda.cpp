@@ -1,18 +1,13 @@
 // CUDA kernels of crms_norm / crms_norm_backward, registered for the CUDA key (schemas in norm_crms.cpp).
 // Launches go on torch's current stream of x's device, with x's device made current.
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
 
+#include "binding_cuda.h"
 #include "fastnorm/norm_crms_cuda.h"
 #include "norm_crms_ops.h"
 
 namespace {
 
-cudaStream_t current_stream(const torch::stable::Tensor& x) {
-  void* s = nullptr;
-  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(x.get_device_index(), &s));
-  return static_cast<cudaStream_t>(s);
-}
+using fastnorm::binding::current_stream;
 
 struct CudaCrmsBackend {
   static constexpr bool kCuda = true;
