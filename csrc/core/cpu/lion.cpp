@@ -12,9 +12,6 @@ namespace fastnorm {
 namespace lion {
 namespace {
 
-bool is_float(DType t) {
-  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
 bool is_16bit(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
 
 Status bad(const std::string& what) { return invalid_argument("lion_step_: " + what); }

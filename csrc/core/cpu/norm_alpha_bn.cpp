@@ -11,10 +11,6 @@ namespace fastnorm {
 namespace norm {
 namespace {
 
-bool is_float(DType t) {
-  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
-
 template <typename P>
 Status check_common(const P& p, const char* op) {
   const std::string o(op);

@@ -11,10 +11,6 @@ namespace fastnorm {
 namespace norm {
 namespace {
 
-bool is_float(DType t) {
-  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
-
 size_t acc_size(DType x) { return x == DType::Float64 ? 8 : 4; }
 
 // Sizes, dtypes and the pointers every EvoNorm op needs.

@@ -21,10 +21,6 @@ namespace fastnorm {
 namespace norm {
 namespace {
 
-bool is_float(DType t) {
-  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
-
 using power_kernels::num_blocks;
 
 size_t acc_size(DType x) { return x == DType::Float64 ? sizeof(double) : sizeof(float); }

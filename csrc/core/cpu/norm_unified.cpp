@@ -21,9 +21,6 @@ using fastnorm::detail::store_from;
 using detail::load_state;
 using detail::store_state;
 
-bool is_float(DType t) {
-  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
-}
 DType stats_of(DType x) { return x == DType::Float64 ? DType::Float64 : DType::Float32; }
 
 template <typename P>

@@ -33,6 +33,11 @@ FASTNORM_HD_INLINE size_t dtype_size(DType t) {
   return 0;
 }
 
+// The four floating types every op accepts for its tensors.
+FASTNORM_HD_INLINE bool is_float(DType t) {
+  return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
+}
+
 // Human-readable name, used in error messages.
 FASTNORM_API const char* dtype_name(DType t);
 
