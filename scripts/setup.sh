@@ -3,7 +3,8 @@
 #   - a virtual environment in .venv (or the interpreter in $PY, or the active $VIRTUAL_ENV);
 #   - torch: kept if importable, else `pip install $FASTNORM_TORCH_SPEC` (default torch==2.13.0: on this
 #     machine kind pip takes the CPU build from local disk; elsewhere pick your build, e.g. a CUDA one);
-#   - the Python test/bench tools, peer packages the parity tests use (lion-pytorch), and (as root, via apt)
+#   - the Python test/bench tools, peer packages the parity tests use (lion-pytorch, geoopt, hypll, peft,
+#     scikit-learn, safetensors), and (as root, via apt)
 #     GoogleTest and Google Benchmark for the C++ tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,14 @@ fi
 # Peer packages the parity tests and benchmarks compare with (tests import them with importorskip).
 "$PY" -c "import lion_pytorch" >/dev/null 2>&1 || pip_install --no-deps lion-pytorch >/dev/null 2>&1 || \
   echo "setup: lion-pytorch not installable here (the Lion peer-parity tests will skip)"
+# Poincaré / SaRA / HyperAttention peers and the examples' data (scikit-learn's bundled datasets). Torch is pinned
+# to the installed one so no resolver step replaces the CPU build with a multi-GB CUDA one.
+torch_pin="torch==$("$PY" -c 'import torch; print(torch.__version__)')"
+"$PY" -c "import geoopt, sklearn, safetensors" >/dev/null 2>&1 || \
+  pip_install geoopt scikit-learn safetensors "$torch_pin" >/dev/null 2>&1 || \
+  echo "setup: geoopt/scikit-learn/safetensors not installable here (their parity tests and examples will skip)"
+"$PY" -c "import peft, hypll" >/dev/null 2>&1 || pip_install peft hypll "$torch_pin" >/dev/null 2>&1 || \
+  echo "setup: peft/hypll not installable here (their parity tests will skip)"
 "$PY" -c "import torch_abi_audit" >/dev/null 2>&1 || pip_install torch-abi-audit >/dev/null 2>&1 || \
   echo "setup: torch-abi-audit not installable here (the ABI audit step will be skipped)"
 
