@@ -18,6 +18,7 @@ from .ops.norm_unified import channel_affine, unified_norm  # noqa: E402
 from .ops.norm_alpha_bn import alpha_batch_norm  # noqa: E402
 from .ops.norm_evonorm import evonorm_b0, evonorm_s0  # noqa: E402
 from .ops.lion import lion_step_  # noqa: E402
+from .ops.hyper_attention import hyper_attention, hyper_attention_merge  # noqa: E402
 from . import nn, optim, reference  # noqa: E402
 # Model utilities of the norm family.
 from .nn.norm_crms_surgery import PreLNSpec, pre_ln_to_pre_crmsnorm, pre_ln_to_pre_rmsnorm  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "mixln_layer_types", "patch",
     # lion
     "lion_step_",
+    "hyper_attention", "hyper_attention_merge",
     # subpackages
     "nn", "optim", "reference",
 ]
