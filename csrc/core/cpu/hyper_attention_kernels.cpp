@@ -275,6 +275,17 @@ template <class A> struct Buf {
 
 int threads_of(int n) { return n > 0 ? n : omp_get_max_threads(); }
 
+// Threads for a call of about `work` multiply-adds: small calls run on one thread, because the per-piece
+// barriers of a team cost more than the work (and far more on an oversubscribed machine). Results never
+// depend on this choice.
+int threads_for(int n, double work) {
+  const int t = threads_of(n);
+  return work < 4.0e6 ? 1 : t;
+}
+
+// Multiply-adds of a problem's schedule (QK^T and PV over every computed entry).
+double problem_work(const HyperAttnProblem& p);
+
 // ---- schedule ---------------------------------------------------------------------------------------
 std::vector<HyperAttnSubproblem> get_schedule(const HyperAttnProblem& p) {
   int64_t count = 0;
@@ -282,6 +293,19 @@ std::vector<HyperAttnSubproblem> get_schedule(const HyperAttnProblem& p) {
   std::vector<HyperAttnSubproblem> s(count);
   schedule(p.config, p.nq, p.nk, p.causal, s.data(), count, &count);
   return s;
+}
+
+double problem_work(const HyperAttnProblem& p) {
+  double e = 0;
+  for (const HyperAttnSubproblem& sp : get_schedule(p)) {
+    if (sp.kind == HyperAttnKind::Approx)
+      e += double(sp.nq) * double(p.config.block_size + p.config.sample_size);
+    else if (sp.kind == HyperAttnKind::ExactCausal)
+      e += 0.5 * double(sp.nq) * double(sp.nq + 1);
+    else
+      e += double(sp.nq) * double(sp.nk);
+  }
+  return 2.0 * e * double(p.batch) * double(p.heads_q) * double(p.head_dim);
 }
 
 // ---- the key side of one chunk as seen by a query tile ------------------------------------------------
@@ -486,7 +510,7 @@ Status forward_t(const HyperAttnProblem& p, const HyperAttnPlan& pl, const Hyper
   const int64_t B = p.batch, Hq = p.heads_q, Hkv = p.heads_kv, D = p.head_dim, Dp = pad_d(D);
   const int64_t G = Hkv > 0 ? Hq / Hkv : 1;
   const A scale = static_cast<A>(p.scale);
-  const int nt = threads_of(p.num_threads);
+  const int nt = threads_for(p.num_threads, problem_work(p));
   A* lse_out = static_cast<A*>(o.lse);
   if (p.nk == 0) {  // no keys: out = 0, lse = -inf
     for (int64_t b = 0; b < B; ++b)
@@ -681,7 +705,7 @@ Status backward_t(const HyperAttnProblem& p, const HyperAttnPlan& pl, const Hype
   const int64_t B = p.batch, Hq = p.heads_q, Hkv = p.heads_kv, D = p.head_dim, Dp = pad_d(D);
   const int64_t G = Hkv > 0 ? Hq / Hkv : 1;
   const A scale = static_cast<A>(p.scale);
-  const int nt = threads_of(p.num_threads);
+  const int nt = threads_for(p.num_threads, 2.5 * problem_work(p));
   const BwdLayout L = bwd_layout<A>(p);
   char* w = static_cast<char*>(ws);
   A* Di = reinterpret_cast<A*>(w + L.Di);
@@ -953,12 +977,23 @@ Status backward_t(const HyperAttnProblem& p, const HyperAttnPlan& pl, const Hype
 }
 
 // ---- hashing and plan -------------------------------------------------------------------------------
-template <class T, class A>
-inline uint32_t hash_row(const T* x, int64_t sd, int64_t D, const float* proj, int r) {
+// Bits of one gathered row: dot products with the transposed projection PT [r][Dp] (zero-padded), summed
+// in vector lanes then across lanes in a fixed order; bit t iff float32(dot) > 0 (NaN and 0 give 0).
+template <class A>
+inline uint32_t hash_row(const A* x, int64_t Dp, const A* PT, int r) {
+  typedef typename VT<A>::v V;
+  constexpr int W = VT<A>::W;
   uint32_t bin = 0;
   for (int t = 0; t < r; ++t) {
+    const A* pt = PT + t * Dp;
+    V acc0{}, acc1{};
+    for (int64_t d = 0; d < Dp; d += 2 * W) {
+      acc0 = vfma(vload<V>(x + d), vload<V>(pt + d), acc0);
+      acc1 = vfma(vload<V>(x + d + W), vload<V>(pt + d + W), acc1);
+    }
+    const V acc = acc0 + acc1;
     A s = 0;
-    for (int64_t d = 0; d < D; ++d) s += load_as<T, A>(x[d * sd]) * static_cast<A>(proj[d * r + t]);
+    for (int w = 0; w < W; ++w) s += acc[w];
     if (static_cast<float>(s) > 0.0f) bin |= 1u << t;
   }
   return inverse_gray(bin);
@@ -967,10 +1002,25 @@ inline uint32_t hash_row(const T* x, int64_t sd, int64_t D, const float* proj, i
 template <class T, class A>
 void hash_all(const void* x, const HyperAttnStrides& s, int64_t B, int64_t H, int64_t N, int64_t D, const float* proj,
               int r, int32_t* keys, int nt) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t row = 0; row < B * H * N; ++row) {
-    const int64_t n = row % N, bh = row / N, b = bh / H, h = bh % H;
-    keys[row] = static_cast<int32_t>(hash_row<T, A>(row_ptr<T>(x, s, b, h, n), s.d, D, proj, r));
+  const int64_t Dp = pad_d(D);
+  std::vector<A> PT(std::max<int64_t>(r, 1) * Dp, A(0));
+  for (int t = 0; t < r; ++t)
+    for (int64_t d = 0; d < D; ++d) PT[t * Dp + d] = static_cast<A>(proj[d * r + t]);
+  const int nth = (double(B) * H * N * D < 1.0e6) ? 1 : nt;
+  constexpr int64_t kRows = 256;
+  const int64_t total = B * H * N, nblk = (total + kRows - 1) / kRows;
+#pragma omp parallel num_threads(nth)
+  {
+    std::vector<A> buf(Dp, A(0));
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      for (int64_t row = blk * kRows; row < std::min(total, (blk + 1) * kRows); ++row) {
+        const int64_t n = row % N, bh = row / N, b = bh / H, h = bh % H;
+        const T* xr = row_ptr<T>(x, s, b, h, n);
+        for (int64_t d = 0; d < D; ++d) buf[d] = load_as<T, A>(xr[d * s.d]);
+        keys[row] = static_cast<int32_t>(hash_row<A>(buf.data(), Dp, PT.data(), r));
+      }
+    }
   }
 }
 
@@ -989,7 +1039,8 @@ Status plan_t(const HyperAttnProblem& p, const HyperAttnPlanInputs& in, const Hy
   bool any = false;
   for (const auto& sp : sched) any |= sp.kind == HyperAttnKind::Approx;
   if (!any) return Status::OK();
-  const int nt = threads_of(p.num_threads);
+  const int nt = threads_for(p.num_threads, 4.0 * double(p.batch) * double(p.heads_q * p.nq + p.heads_kv * p.nk) *
+                                                double(p.head_dim + 8));
   const int r = in.num_projs;
   int32_t* kq = static_cast<int32_t*>(ws);
   int32_t* kk = kq + p.batch * p.heads_q * p.nq;
@@ -1022,7 +1073,7 @@ template <class T, class A> Status merge_t(const HyperAttnMergeParams& p) {
   const A* l1 = static_cast<const A*>(p.lse1);
   const A* l2 = static_cast<const A*>(p.lse2);
   A* lo = static_cast<A*>(p.lse);
-#pragma omp parallel for schedule(static) num_threads(threads_of(p.num_threads))
+#pragma omp parallel for schedule(static) num_threads(threads_for(p.num_threads, double(rows) * D * 4))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t n = row % p.n, bh = row / p.n, b = bh / p.heads, h = bh % p.heads;
     const LseMerge<A> mg = lse_merge<A>(l1[row], l2[row]);

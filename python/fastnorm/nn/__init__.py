@@ -7,9 +7,11 @@ from .norm_alpha_bn import AlphaBatchNorm2d
 from .norm_evonorm import EvoNorm2dB0, EvoNorm2dS0
 from .norm_mixln import MixLNBlock, mixln_layer_types
 from .norm_patch import patch
+from .hyper_attention import HyperAttention, patch_attention
 
 __all__ = [
     "LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm", "CRMSNorm", "PowerNorm",
     "MaskPowerNorm", "UnifiedNorm", "UN1d", "fold_into_linear", "AlphaBatchNorm2d", "EvoNorm2dB0", "EvoNorm2dS0",
     "MixLNBlock", "mixln_layer_types", "patch",
+    "HyperAttention", "patch_attention",
 ]

@@ -231,9 +231,9 @@ def draw_randomness(q: Tensor, k: Tensor, causal: bool, lsh_num_projs: int, bloc
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     pq, pk, S = plan_sizes(Nq, Nk, causal, block_size, sample_size, min_seq_len)
-    if B == 0 or Hq == 0 or pk == 0:
+    if B == 0 or Hq == 0 or pk == 0:  # nothing approximated (or nothing to compute): no draws
         proj = lsh_proj if lsh_proj is not None else q.new_empty((D, 0), dtype=torch.float32)
-        return proj, q.new_empty((B, Hkv, 0), dtype=torch.int32)
+        return proj, q.new_zeros((B, Hkv, S), dtype=torch.int32)
     gdev = generator.device if generator is not None else q.device
     if lsh_proj is None or resample:
         lsh_proj = torch.randn(D, lsh_num_projs, dtype=torch.float32, device=gdev, generator=generator).to(q.device)
