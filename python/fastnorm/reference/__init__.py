@@ -5,5 +5,6 @@ from . import norm_unified
 from . import norm_crms, norm_alpha_bn  # noqa: F401
 from . import norm_power
 from . import norm_evonorm  # noqa: F401
+from . import poincare  # noqa: F401
 
 __all__ = ["norm"]
