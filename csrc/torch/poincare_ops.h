@@ -101,6 +101,7 @@ struct Impl {
     int64_t d = 0;
     RowOpParams p;
     Tensor keep_c, keep_r;
+    bool has_r = false;
   };
 
   static Call prepare(const char* op, RowOp id, const std::vector<Tensor>& ins, const std::vector<const char*>& names,
@@ -137,6 +138,7 @@ struct Impl {
            "the Python wrapper broadcasts)");
     k.keep_r = torch::stable::contiguous(r);
     k.p.scalar = k.keep_r.const_data_ptr();
+    k.has_r = true;
     k.p.scalar_dtype = *to_dtype(r.scalar_type());
   }
 
@@ -172,7 +174,7 @@ struct Impl {
         outs.push_back(unused_output(x, x.scalar_type()));
       }
     }
-    if (k.p.scalar) {
+    if (k.has_r) {
       if (need_r) {
         outs.push_back(empty_like_shape(x, shape_of(k.keep_r), k.keep_r.scalar_type()));
         k.p.grad_scalar = outs.back().numel() ? outs.back().mutable_data_ptr() : nullptr;

@@ -74,6 +74,8 @@ void write_scalar(void* p, DType t, double v) {
 }
 
 int threads_of(int n) { return n > 0 ? n : omp_get_max_threads(); }
+// Below this many elements a parallel region costs more than it saves (thread wake-up on a loaded machine).
+constexpr int64_t kParallelMin = 1 << 15;
 
 // Scalars per vector ([outer, inner], any float dtype): read/write through a type switch (cold path).
 template <class A> A load_any(const void* p, DType t, int64_t i) {
@@ -93,6 +95,13 @@ template <class A> void store_any(void* p, DType t, int64_t i, A v) {
     case DType::BFloat16: static_cast<bf16_t*>(p)[i] = store_from<bf16_t, float>(float(v)); break;
     default: break;
   }
+}
+
+// Offset of vector r = (o, i) in [outer, D, inner]: o*D*inner + i (no division for inner = 1).
+inline int64_t row_offset(int64_t r, int64_t D, int64_t inner) {
+  if (inner == 1) return r * D;
+  const int64_t o = r / inner;
+  return o * D * inner + (r - o * inner);
 }
 
 // One vector's rows: in place when possible, else gathered into `buf` (compute type, contiguous).
@@ -127,7 +136,7 @@ Status run_fwd(const RowOpParams& p) {
   const Ctx<A> k{make_curv(read_scalar<A>(p.c.ptr, p.c.dtype)), A(p.eps), p.project, D};
   const int64_t nblocks = (rows + kBlock - 1) / kBlock;
   constexpr int K = Op::Kf;
-#pragma omp parallel num_threads(threads_of(p.num_threads))
+#pragma omp parallel num_threads(threads_of(p.num_threads)) if (L.numel() >= kParallelMin)
   {
     std::vector<A> buf(size_t(K + 1) * size_t(D));
     RowIO<T, A> io{D, inner, buf.data()};
@@ -135,7 +144,7 @@ Status run_fwd(const RowOpParams& p) {
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t r1 = (b + 1) * kBlock < rows ? (b + 1) * kBlock : rows;
       for (int64_t r = b * kBlock; r < r1; ++r) {
-        const int64_t o = r / inner, i = r - o * inner, off = o * D * inner + i;
+        const int64_t off = row_offset(r, D, inner);
         CIn<A> in[K];
         for (int s = 0; s < K; ++s) in[s] = io.in(p.in[s], off, s);
         const A rs = p.scalar ? load_any<A>(p.scalar, p.scalar_dtype, r) : A(0);
@@ -165,7 +174,7 @@ Status run_bwd(const RowOpParams& p) {
   constexpr int NI = K;  // grads of the vector inputs
   double* part = static_cast<double*>(p.workspace);
   const bool need_c = p.grad_c != nullptr;
-#pragma omp parallel num_threads(threads_of(p.num_threads))
+#pragma omp parallel num_threads(threads_of(p.num_threads)) if (L.numel() >= kParallelMin)
   {
     std::vector<A> buf(size_t(KB + NI) * size_t(D));
     RowIO<T, A> io{D, inner, buf.data()};
@@ -174,7 +183,7 @@ Status run_bwd(const RowOpParams& p) {
       const int64_t r1 = (b + 1) * kBlock < rows ? (b + 1) * kBlock : rows;
       A acc = A(0);
       for (int64_t r = b * kBlock; r < r1; ++r) {
-        const int64_t o = r / inner, i = r - o * inner, off = o * D * inner + i;
+        const int64_t off = row_offset(r, D, inner);
         CIn<A> rows_[KB];
         for (int s = 0; s < K; ++s) rows_[s] = io.in(p.in[s], off, s);
         if (KB > K) rows_[K] = io.in(p.grad, off, K);
@@ -323,7 +332,7 @@ template <class T, class A>
 void mid_partials(const MidpointParams& p, const Curv<A>& cv, A* part, int nthreads) {
   const int64_t nch = mid_chunks(p), D = p.D, R = p.R, tasks = p.batch * nch;
   const T* x = static_cast<const T*>(p.x);
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (p.batch * R * D >= kParallelMin)
   {
     std::vector<A> row(D);
 #pragma omp for schedule(static)
@@ -365,7 +374,7 @@ Status mid_fwd(const MidpointParams& p) {
   A* part = static_cast<A*>(p.workspace);
   mid_partials<T, A>(p, cv, part, nt);
   T* out = static_cast<T*>(p.out);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (p.batch * D * nch >= kParallelMin)
   {
     std::vector<A> V(D + 1);
 #pragma omp for schedule(static)
@@ -393,7 +402,7 @@ Status mid_bwd(const MidpointParams& p) {
   double* cpart = reinterpret_cast<double*>(static_cast<char*>(p.workspace) + mid_cpart_offset(p));
   mid_partials<T, A>(p, cv, part, nt);
   const T* g = static_cast<const T*>(p.grad);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (p.batch * D * nch >= kParallelMin)
   {
     std::vector<A> V(D + 1);
 #pragma omp for schedule(static)
@@ -413,7 +422,7 @@ Status mid_bwd(const MidpointParams& p) {
   }
   T* gx = static_cast<T*>(p.grad_x);
   const T* x = static_cast<const T*>(p.x);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (p.batch * R * D >= kParallelMin)
   {
     std::vector<A> row(D), gr(D);
 #pragma omp for schedule(static)

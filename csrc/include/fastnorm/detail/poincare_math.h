@@ -359,8 +359,10 @@ FASTNORM_HD_INLINE Mobius<A, N> mobius(const Vec<A, N>& X, const Vec<A, N>& Y, c
   m.yy = G.dot(Y, Y);
   m.xy = G.dot(X, Y);
   const A c = cv.c;
-  m.Ac = A(1) + A(2) * c * m.xy + c * m.yy;
   m.Bc = A(1) - c * m.xx;
+  // A = 1 + 2c<x,y> + c|y|^2 written as B + c|x + y|^2: A == B exactly when y = -x (so (-x) (+) x is exactly
+  // 0, as dist(x, x) and logmap(x, x) must be).
+  m.Ac = m.Bc + c * m_max(m.xx + A(2) * m.xy + m.yy, A(0));
   m.Dc = m_max(A(1) + A(2) * c * m.xy + c * c * m.xx * m.yy, A(kDenFloor));
   m.z = (m.Ac / m.Dc) * X + (m.Bc / m.Dc) * Y;
   return m;
