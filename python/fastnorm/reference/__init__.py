@@ -9,3 +9,4 @@ from .hyper_attention import hyper_attention, make_inputs, dense_weights, dense_
 from . import poincare  # noqa: F401
 
 __all__ = ["norm"]
+from . import sara  # noqa: F401
