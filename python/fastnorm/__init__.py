@@ -20,6 +20,7 @@ from .ops.norm_evonorm import evonorm_b0, evonorm_s0  # noqa: E402
 from .ops.lion import lion_step_  # noqa: E402
 from .ops.hyper_attention import hyper_attention, hyper_attention_merge  # noqa: E402
 from .ops import poincare  # noqa: E402  (fastnorm.poincare: the Poincaré-ball functional API)
+from .ops.sara import sara_conv2d, sara_linear, sara_merge  # noqa: E402
 from . import nn, optim, reference  # noqa: E402
 # Model utilities of the norm family.
 from .nn.norm_crms_surgery import PreLNSpec, pre_ln_to_pre_crmsnorm, pre_ln_to_pre_rmsnorm  # noqa: E402
