@@ -5,10 +5,10 @@
 // Every dot product runs in 16 independent lanes (lane l takes elements l, l+16, ...) reduced by a fixed tree,
 // so the vector width only changes speed: both builds, and every thread count, give the same bits.
 //
-// Linear plan: N is consumed in chunks of nc rows (sara_kernels.h). Per chunk, X^T is packed into a shared
-// [cols x nc] fp32 panel (OpenMP over column blocks); then [0, k) is split into equal contiguous per-thread ranges.
-// Indices are sorted, so a thread's entries come row by row: it packs dY[:, r] once per row into its own
-// nc-vector and adds dot(dY[:, r], X^T[c_j, :]) to out_j for each entry of the row. Both operands of every dot
+// Linear plan: [0, k) is split into equal contiguous per-thread ranges and N is consumed in chunks of nc rows
+// (sara_kernels.h). Per chunk, each thread packs X^T into its own [cols x nc] fp32 panel (no barriers between
+// threads); indices are sorted, so its entries come row by row: it packs dY[:, r] once per row into an nc-vector
+// and adds dot(dY[:, r], X^T[c_j, :]) to out_j for each entry of the row. Both operands of every dot
 // are contiguous, and the panel (cols * nc * 4 bytes) stays in L2 while all k entries stream over it. The dense
 // dW is never formed: FLOPs are 2*N*k instead of 2*N*rows*cols.
 #include <omp.h>
@@ -48,6 +48,35 @@ template <typename A> inline A dot16(const A* __restrict x, const A* __restrict 
   return acc[0];
 }
 
+// Four dots sharing x; lane order and reduction tree of dot16, so each result equals dot16(x, y_q, L) bitwise.
+template <typename A>
+inline void dot16x4(const A* __restrict x, const A* __restrict y0, const A* __restrict y1, const A* __restrict y2,
+                    const A* __restrict y3, int64_t L, A* res) {
+  A a0[16], a1[16], a2[16], a3[16];
+  for (int l = 0; l < 16; ++l) a0[l] = a1[l] = a2[l] = a3[l] = A(0);
+  for (int64_t i = 0; i < L; i += 16) {
+#pragma omp simd
+    for (int l = 0; l < 16; ++l) {
+      const A xv = x[i + l];
+      a0[l] += xv * y0[i + l];
+      a1[l] += xv * y1[i + l];
+      a2[l] += xv * y2[i + l];
+      a3[l] += xv * y3[i + l];
+    }
+  }
+  for (int s = 8; s >= 1; s /= 2)
+    for (int l = 0; l < s; ++l) {
+      a0[l] += a0[l + s];
+      a1[l] += a1[l + s];
+      a2[l] += a2[l + s];
+      a3[l] += a3[l + s];
+    }
+  res[0] = a0[0];
+  res[1] = a1[0];
+  res[2] = a2[0];
+  res[3] = a3[0];
+}
+
 template <typename T, typename I>
 void sddmm_panel(const SaraSddmmParams& p, const SddmmPlan& plan) {
   using A = Acc<T>;
@@ -55,42 +84,52 @@ void sddmm_panel(const SaraSddmmParams& p, const SddmmPlan& plan) {
   const T* G = static_cast<const T*>(p.grad_out);
   const I* idx = static_cast<const I*>(p.indices);
   A* out = static_cast<A*>(p.out);
-  A* panel = static_cast<A*>(p.workspace);
-  A* colbuf = panel + plan.panel_elems;
   const int64_t nc = plan.nc, k = p.k, cols = p.cols;
-  const int nt = static_cast<int>(std::min<int64_t>(plan.threads, std::max<int64_t>(1, k / 64)));
-  for (int64_t j = 0; j < k; ++j) out[j] = A(0);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(plan.threads)
   {
     const int t = omp_get_thread_num(), T_ = omp_get_num_threads();
     const int64_t jb = k * t / T_, je = k * (t + 1) / T_;
-    A* dy = colbuf + static_cast<int64_t>(t) * nc;
-    for (int64_t n0 = 0; n0 < p.n; n0 += nc) {
+    A* panel = static_cast<A*>(p.workspace) + static_cast<size_t>(t) * (plan.panel_elems + nc);
+    A* dy = panel + plan.panel_elems;
+    // The columns this thread's entries touch lie in [c_lo, c_hi] when its entries stay in one row; otherwise
+    // all columns are packed.
+    int64_t c_lo = 0, c_hi = cols - 1;
+    if (jb < je) {
+      const int64_t f0 = static_cast<int64_t>(idx[jb]), f1 = static_cast<int64_t>(idx[je - 1]);
+      if (f0 / cols == f1 / cols) { c_lo = f0 % cols; c_hi = f1 % cols; }
+    }
+    for (int64_t j = jb; j < je; ++j) out[j] = A(0);
+    for (int64_t n0 = 0; jb < je && n0 < p.n; n0 += nc) {
       const int64_t nv = std::min(nc, p.n - n0), L = (nv + 15) / 16 * 16;
-      // Pack X^T[c, 0:nv] for every column (blocks of 16 columns share the cache lines of each row of X).
-#pragma omp for schedule(static)
-      for (int64_t cb = 0; cb < cols; cb += 16) {
-        const int64_t ce = std::min(cols, cb + 16);
+      // Pack X^T[c, 0:nv] (blocks of 16 columns share the cache lines of each row of X), zero tail to L.
+      for (int64_t cb = c_lo; cb <= c_hi; cb += 16) {
+        const int64_t ce = std::min(c_hi + 1, cb + 16);
         for (int64_t i = 0; i < nv; ++i) {
           const T* xr = X + (n0 + i) * p.in_s0;
           for (int64_t c = cb; c < ce; ++c) panel[c * nc + i] = static_cast<A>(Conv<T>::load(xr[c * p.in_s1]));
         }
         for (int64_t c = cb; c < ce; ++c)
           for (int64_t i = nv; i < L; ++i) panel[c * nc + i] = A(0);
-      }  // implicit barrier: the panel is complete
-      int64_t cur = -1;
-      for (int64_t j = jb; j < je; ++j) {
-        const int64_t f = static_cast<int64_t>(idx[j]);
-        const int64_t r = f / cols, c = f - r * cols;
-        if (r != cur) {
-          const T* g = G + n0 * p.go_s0 + r * p.go_s1;
-          for (int64_t i = 0; i < nv; ++i) dy[i] = static_cast<A>(Conv<T>::load(g[i * p.go_s0]));
-          for (int64_t i = nv; i < L; ++i) dy[i] = A(0);
-          cur = r;
-        }
-        out[j] += dot16(dy, panel + c * nc, L);
       }
-#pragma omp barrier  // the next chunk overwrites the panel
+      // Walk the thread's entries row by row (one division per row, not per entry); within a row, four
+      // entries share each load of dY (dot16x4 gives each entry exactly dot16's bits).
+      int64_t j = jb;
+      while (j < je) {
+        const int64_t r = static_cast<int64_t>(idx[j]) / cols, row0 = r * cols;
+        int64_t e = j + 1;
+        while (e < je && static_cast<int64_t>(idx[e]) < row0 + cols) ++e;
+        const T* g = G + n0 * p.go_s0 + r * p.go_s1;
+        for (int64_t i = 0; i < nv; ++i) dy[i] = static_cast<A>(Conv<T>::load(g[i * p.go_s0]));
+        for (int64_t i = nv; i < L; ++i) dy[i] = A(0);
+        for (; j + 4 <= e; j += 4) {
+          A s4[4];
+          dot16x4(dy, panel + (static_cast<int64_t>(idx[j]) - row0) * nc, panel + (static_cast<int64_t>(idx[j + 1]) - row0) * nc,
+                  panel + (static_cast<int64_t>(idx[j + 2]) - row0) * nc, panel + (static_cast<int64_t>(idx[j + 3]) - row0) * nc,
+                  L, s4);
+          for (int q = 0; q < 4; ++q) out[j + q] += s4[q];
+        }
+        for (; j < e; ++j) out[j] += dot16(dy, panel + (static_cast<int64_t>(idx[j]) - row0) * nc, L);
+      }
     }
   }
 }
@@ -105,8 +144,7 @@ void sddmm_direct(const SaraSddmmParams& p, int threads) {
   const I* idx = static_cast<const I*>(p.indices);
   A* out = static_cast<A*>(p.out);
   const int64_t k = p.k, cols = p.cols;
-  const int nt = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, k / 64)));
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T_ = omp_get_num_threads();
     const int64_t jb = k * t / T_, je = k * (t + 1) / T_;

@@ -73,7 +73,13 @@ def sara_abs_histogram_(weight: Tensor, hist: Tensor, shift: int, prefix_mask: i
     """hist[d] += #{i : (key_i & prefix_mask) == prefix and (key_i >> shift) & 255 == d} (NaN skipped).
 
     ``hist`` is an int64 [256] tensor on the weight's device; calls over several weights sum into it."""
-    ops.sara_abs_histogram_(weight, hist, int(shift), int(prefix_mask), int(prefix))
+    ops.sara_abs_histogram_(weight, hist, int(shift), _as_int64(prefix_mask), _as_int64(prefix))
+
+
+def _as_int64(v: int) -> int:
+    """A 64-bit pattern as the signed int the schema carries (the kernel reads it back as uint64)."""
+    v = int(v) & ((1 << 64) - 1)
+    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def radix_select(weights: Sequence[Tensor], k: int) -> Tuple[int, int]:
@@ -99,7 +105,7 @@ def radix_select(weights: Sequence[Tensor], k: int) -> Tuple[int, int]:
     for shift in range(bits - 8, -1, -8):
         hist = torch.zeros(256, dtype=torch.int64, device=device)
         for w in weights:
-            ops.sara_abs_histogram_(w, hist, shift, mask, prefix)
+            ops.sara_abs_histogram_(w, hist, shift, _as_int64(mask), _as_int64(prefix))
         counts = hist.tolist()  # one host sync per pass (256 integers)
         run = 0
         for d in range(256):
@@ -388,8 +394,8 @@ def sara_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, indices: T
 
 def _linear_backward(ctx, grad):
     input, weight, indices, row_ptr = ctx.saved_tensors
-    if torch.is_grad_enabled() and grad.requires_grad:
-        raise RuntimeError("fastnorm.sara_linear: double backward is not supported")
+    if torch.is_grad_enabled():  # create_graph=True: the kernels have no derivative
+        raise RuntimeError("fastnorm.sara_linear: double backward is not supported (create_graph=True)")
     needs = (ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[2], ctx.needs_input_grad[3])
     dx, db, dd = sara_linear_backward(grad, input, weight, indices, row_ptr, ctx.delta_dtype, ctx.wgrad, needs)
     return dx, None, db, dd, None, None, None
@@ -460,8 +466,8 @@ def sara_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, indices: T
 
 def _conv_backward(ctx, grad):
     input, weight, indices, row_ptr = ctx.saved_tensors
-    if torch.is_grad_enabled() and grad.requires_grad:
-        raise RuntimeError("fastnorm.sara_conv2d: double backward is not supported")
+    if torch.is_grad_enabled():  # create_graph=True: the kernels have no derivative
+        raise RuntimeError("fastnorm.sara_conv2d: double backward is not supported (create_graph=True)")
     stride, padding, dilation, groups = ctx.conv
     needs = (ctx.needs_input_grad[0], ctx.bias_shape is not None and ctx.needs_input_grad[2], ctx.needs_input_grad[3])
     dx, db, dd = sara_conv2d_backward(grad, input, weight, indices, row_ptr, stride, padding, dilation, groups,

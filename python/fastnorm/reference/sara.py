@@ -74,7 +74,8 @@ def _valid(keys: Tensor, dtype: torch.dtype) -> Tensor:
 def sara_abs_histogram_(weight: Tensor, hist: Tensor, shift: int, prefix_mask: int, prefix: int) -> None:
     """hist[d] += #{i : key_i & prefix_mask == prefix, (key_i >> shift) & 255 == d}, NaN skipped."""
     keys = abs_key(weight.reshape(-1))
-    sel = _valid(keys, weight.dtype) & ((keys & prefix_mask) == prefix)
+    m64 = (1 << 63) - 1  # keys never have the sign bit: compare the low 63 bits of the patterns
+    sel = _valid(keys, weight.dtype) & ((keys & (int(prefix_mask) & m64)) == (int(prefix) & m64))
     digits = (keys[sel] >> shift) & 255
     hist += torch.bincount(digits, minlength=256).to(hist.dtype)
 
@@ -137,6 +138,8 @@ def sara_row_ptr(indices: Tensor, rows: int, cols: int) -> Tensor:
 def _merged_values(weight: Tensor, indices: Tensor, base: Optional[Tensor], delta: Tensor, alpha: float) -> Tensor:
     op = opmath_dtype(weight.dtype)
     src = weight.reshape(-1)[indices.long()] if base is None else base
+    if alpha == 0:  # exact restore: src itself (keeps -0, ignores NaN deltas)
+        return src.clone()
     return (src.to(op) + alpha * delta.to(op)).to(weight.dtype)
 
 

@@ -64,6 +64,18 @@ FASTNORM_HD_INLINE int64_t load_index(const void* p, DType t, int64_t j) {
   return t == DType::Int64 ? static_cast<const int64_t*>(p)[j] : static_cast<int64_t>(static_cast<const int32_t*>(p)[j]);
 }
 
+// First position j in [lo, hi) of the sorted index vector with idx[j] >= target (hi if none): the entries of a
+// row's column window are [lower_bound(r*cols + c0), lower_bound(r*cols + c1)).
+template <typename I>
+FASTNORM_HD_INLINE int64_t lower_bound_index(const I* idx, int64_t lo, int64_t hi, int64_t target) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (static_cast<int64_t>(idx[mid]) < target) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // Element offset of logical row-major flat index `flat` under a strided layout (ndim 0 = contiguous).
 FASTNORM_HD_INLINE int64_t strided_offset(int64_t flat, const SaraLayout& L) {
   if (L.ndim == 0) return flat;
@@ -147,9 +159,12 @@ FASTNORM_HD_INLINE double sqrt_rn(double a) {
 }
 
 // Write-through value RN_w(src + alpha*delta): alpha*delta rounded to the opmath type A, the sum rounded to A,
-// then one round-to-nearest-even into W. Bitwise (src.float() + alpha*delta).to(w.dtype) in torch.
+// then one round-to-nearest-even into W. Bitwise (src.float() + alpha*delta).to(w.dtype) in torch, except that
+// alpha == 0 returns src itself: the exact restore (unmerge) keeps -0 and ignores NaN/Inf deltas, where
+// -0 + 0*delta would give +0 and 0*NaN would poison the weight.
 template <typename W, typename A>
 FASTNORM_HD_INLINE W merged_value(W src, A alpha, A delta) {
+  if (alpha == A(0)) return src;
   const A s = static_cast<A>(Conv<W>::load(src));
   return Conv<W>::store(static_cast<decltype(Conv<W>::load(W{}))>(add_rn(s, mul_rn(alpha, delta))));
 }
@@ -175,17 +190,33 @@ FASTNORM_HD_INLINE AdamWScalars<A> adamw_scalars(double lr, double beta1, double
   s.one_m_beta1 = static_cast<A>(1.0 - beta1);
   s.beta2 = static_cast<A>(beta2);
   s.one_m_beta2 = static_cast<A>(1.0 - beta2);
-  s.bc2_sqrt = static_cast<A>(sqrt(bc2));
+  s.bc2_sqrt = static_cast<A>(pow(bc2, 0.5));  // Python's bias_correction2 ** 0.5
   s.eps = static_cast<A>(eps);
   s.neg_step = static_cast<A>(-(lr / bc1));
   s.alpha = static_cast<A>(alpha);
   return s;
 }
 
-// torch's lerp: self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w).
+FASTNORM_HD_INLINE float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+FASTNORM_HD_INLINE double fma_rn(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// torch's vectorised lerp (ATen/native/cpu/LerpKernel.cpp, which torch's CPU AdamW runs): one FMA,
+// fma(w, end - self, self) for |w| < 0.5, else fma(w - 1, end - self, end).
 template <typename A> FASTNORM_HD_INLINE A lerp_torch(A self, A end, A w) {
   const A diff = add_rn(end, -self);
-  return (w < A(0.5) && w > A(-0.5)) ? add_rn(self, mul_rn(w, diff)) : add_rn(end, -mul_rn(diff, add_rn(A(1), -w)));
+  return (w < A(0.5) && w > A(-0.5)) ? fma_rn(w, diff, self) : fma_rn(add_rn(w, A(-1)), diff, end);
 }
 
 template <typename A> struct AdamWElem { A d, m, v; };
