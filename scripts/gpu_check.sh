@@ -44,6 +44,13 @@ if command -v compute-sanitizer >/dev/null; then
     $PY -m pytest tests/python/test_norm.py -q -x -k "cuda_matches_cpu and (127 or 4095) and float32"
   run_step "compute-sanitizer memcheck (lion)" memcheck_lion.log compute-sanitizer --tool memcheck \
     --error-exitcode 1 $PY -m pytest tests/python/test_lion.py -q -x -k "cuda and (1023 or unaligned) and fp32"
+  # One short CUDA subset per family added later (poincare, sara, hyper_attention), each under memcheck.
+  run_step "compute-sanitizer memcheck (poincare)" memcheck_poincare.log compute-sanitizer --tool memcheck \
+    --error-exitcode 1 $PY -m pytest tests/python/test_poincare.py -q -x -k "cuda_matches_cpu and float32"
+  run_step "compute-sanitizer memcheck (sara)" memcheck_sara.log compute-sanitizer --tool memcheck \
+    --error-exitcode 1 $PY -m pytest tests/python/test_sara_ops.py -q -x -k "cuda_sddmm_matches_cpu or cuda_adamw"
+  run_step "compute-sanitizer memcheck (hyper_attention)" memcheck_hyper_attention.log compute-sanitizer \
+    --tool memcheck --error-exitcode 1 $PY -m pytest tests/python/test_hyper_attention.py -q -x -k "cuda"
 else
   record "compute-sanitizer memcheck" SKIP "compute-sanitizer not on PATH"
 fi
