@@ -22,6 +22,7 @@ from .ops.hyper_attention import hyper_attention, hyper_attention_merge  # noqa:
 from .ops import poincare  # noqa: E402  (fastnorm.poincare: the Poincaré-ball functional API)
 from .ops.sara import sara_conv2d, sara_linear, sara_merge  # noqa: E402
 from . import nn, optim, reference  # noqa: E402
+from . import sara  # noqa: E402  (fastnorm.sara: SaRA, SaRAConfig, model-level functions)
 # Model utilities of the norm family.
 from .nn.norm_crms_surgery import PreLNSpec, pre_ln_to_pre_crmsnorm, pre_ln_to_pre_rmsnorm  # noqa: E402
 from .nn.norm_unified import fold_into_linear  # noqa: E402

@@ -8,6 +8,7 @@ from .norm_evonorm import EvoNorm2dB0, EvoNorm2dS0
 from .norm_mixln import MixLNBlock, mixln_layer_types
 from .norm_patch import patch
 from .hyper_attention import HyperAttention, patch_attention
+from .sara import SaRAConv2d, SaRALayer, SaRALinear, SaRAVectorDelta
 
 __all__ = [
     "LayerNorm", "RMSNorm", "LlamaRMSNorm", "FusedAddLayerNorm", "FusedAddRMSNorm", "CRMSNorm", "PowerNorm",

@@ -7,6 +7,7 @@ from . import norm_power
 from . import norm_evonorm  # noqa: F401
 from .hyper_attention import hyper_attention, make_inputs, dense_weights, dense_attention, exact_attention  # noqa: F401
 from . import poincare  # noqa: F401
+from . import lora  # noqa: F401
 
 __all__ = ["norm"]
 from . import sara  # noqa: F401
