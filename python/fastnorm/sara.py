@@ -310,6 +310,7 @@ def _radix_select(weights: Sequence[Tensor], k: int, what: str) -> Tuple[int, Li
     dtype = weights[0].dtype
     kb = _key_bits(dtype)
     total_bits = kb + 1
+    keymask = (1 << kb) - 1
     shifts = list(range(total_bits - 8, -1, -8))
     prefix, mask = 0, 0
     remaining = k
@@ -334,7 +335,7 @@ def _radix_select(weights: Sequence[Tensor], k: int, what: str) -> Tuple[int, Li
         for i in range(len(weights)):
             lt[i] += int(H[i, :d].sum())
         prefix |= d << s
-        mask |= 0xFF << s
+        mask |= (0xFF << s) & keymask  # keys have kb bits: the top digit's high bit never exists (fits int64)
         if s == shifts[-1]:
             eq = [int(H[i, d]) for i in range(len(weights))]
     return prefix, lt, eq

@@ -514,7 +514,7 @@ class SaRA(Optimizer):
         value = lam * sum(v for _, v, _ in terms)
         dev = deltas[0].device if deltas else torch.device("cpu")
         self.last_rank_value = value
-        vt = torch.tensor(value, dtype=torch.float32, device=dev)
+        vt = torch.tensor(value, dtype=deltas[0].dtype if deltas else torch.float32, device=dev)
         if not deltas:
             return vt
         return _RankLoss.apply(vt, grads, *deltas)
