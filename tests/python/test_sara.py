@@ -960,7 +960,8 @@ def test_example_quick_runs():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(fastnorm.__file__)),
                                          env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "sara_finetune.py"), "--quick"],
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "sara_finetune.py"), "--quick",
+                        "--threads", "1"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [l for l in r.stdout.splitlines() if "%" in l and ("SaRA" in l or "LoRA" in l or "full FT" in l)]
@@ -968,3 +969,58 @@ def test_example_quick_runs():
     for l in rows:
         fall = float(l.split("%")[0].split()[-1])
         assert fall >= 30.0, l
+
+
+def test_remap_optimizer_state_user_optimizer():
+    m = make_mlp()
+    opt = SaRA(m, threshold=0.05, lr=5e-2, lambda_rank=0.0, progressive_step=None)
+    x, y = data()
+    train(m, opt, x, y, 3)  # move δ so that the progressive step retires entries
+    d = m.h1.sara_delta
+    user = torch.optim.Adam([d], lr=1e-3)
+    F.cross_entropy(m(x), y).backward()
+    user.step()
+    user.zero_grad()
+    old_idx = m.h1.sara_indices.clone()
+    ea = user.state[d]["exp_avg"].clone()
+    opt.progress_now()
+    assert m.h1.num_frozen > 0
+    opt.remap_optimizer_state(user)
+    pos = torch.searchsorted(old_idx, m.h1.sara_indices)
+    assert torch.equal(user.state[d]["exp_avg"], ea[pos])
+    F.cross_entropy(m(x), y).backward()  # the user optimizer keeps working on the shrunk δ
+    user.step()
+    m(x)
+    check_invariant(m.h1)
+
+
+def test_save_load_vector_deltas(tmp_path):
+    base = make_mlp()
+    with torch.no_grad():
+        base.norm.weight[:6] = 0.01
+    m = copy.deepcopy(base)
+    opt = SaRA(m, threshold=0.05, bias="sara", norms="sara", lr=1e-2, progressive_step=None)
+    x, y = data()
+    train(m, opt, x, y, 3)
+    opt.save_pretrained(tmp_path)
+    sd, _ = load_adapter_state(tmp_path)
+    assert {"fc_in.bias.sara_indices", "h1.bias.sara_delta", "norm.weight.sara_indices"} <= set(sd)
+    assert sd["norm.weight.sara_indices"].tolist() == list(range(6))
+    m2 = copy.deepcopy(base)
+    SaRA.from_pretrained(m2, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(m2(x), m(x))
+    m3 = copy.deepcopy(base)
+    merge_adapter(m3, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(m3(x), m(x), rtol=1e-6, atol=1e-6)
+
+
+def test_config_wgrad_reaches_the_op():
+    for wgrad in ("dense", "sddmm"):
+        m = make_mlp()
+        SaRA(m, threshold=0.05, wgrad=wgrad)
+        assert m.h1.wgrad == wgrad
+        x, y = data()
+        F.cross_entropy(m(x), y).backward()
+        assert m.h1.sara_delta.grad is not None and torch.isfinite(m.h1.sara_delta.grad).all()

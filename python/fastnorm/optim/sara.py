@@ -470,36 +470,38 @@ class SaRA(Optimizer):
             return out
 
         Z = Q = None
-        for _ in range(2 if first else cfg.rank_power_iters):
+        for _ in range(2 if first else cfg.rank_power_iters):  # subspace iteration, warm-started from rank_basis
             Q = torch.linalg.qr(S_mul(omega, False)).Q        # [rows, ℓ]
             Z = S_mul(Q, True)                                 # [cols, ℓ] = Sᵀ Q
             omega = torch.linalg.qr(Z).Q
-        Vz, sig, Wh = torch.linalg.svd(Z, full_matrices=False)  # Z = Vz Σ Whᵀ... (Z = Vz diag(sig) Wh)
-        U = Q @ Wh.mT                                           # S ≈ Q Zᵀ = (Q Whᵀ) Σ Vzᵀ
+        Vz, sig, Wh = torch.linalg.svd(Z, full_matrices=False)  # Z = Vz·diag(σ)·Wh
+        U = Q @ Wh.mT                                           # S ≈ Q·Zᵀ = (Q·Whᵀ)·Σ·Vzᵀ
         st["rank_basis"] = Vz.contiguous()
-        if sig.numel() == 0 or float(sig[0]) == 0.0:
-            return 0.0, torch.zeros_like(s)
-        qk = int((sig[:q] > 1e-6 * sig[0]).sum())
-        Uq, sq, Vq = U[:, :qk], sig[:qk], Vz[:, :qk]
+        # Top q with σ > 1e-6·σ1, as a 0/1 weight instead of a slice: no host sync until the one at the end.
+        sq = sig[:q]
+        keep = (sq > 1e-6 * sig[0]).to(acc)
+        sq = sq * keep
+        qk = keep.sum()
+        Uq, Vq = U[:, :q] * keep, Vz[:, :q]
         UqT = Uq.mT.contiguous()
         VqT = Vq.mT.contiguous()
         USqT = (Uq * sq).mT.contiguous()
-        a = torch.ops.fastnorm.sara_sddmm(UqT, VqT, idx, rp, cols, det)
-        b = torch.ops.fastnorm.sara_sddmm(USqT, VqT, idx, rp, cols, det)
+        a = torch.ops.fastnorm.sara_sddmm(UqT, VqT, idx, rp, cols, det).to(acc)
+        b = torch.ops.fastnorm.sara_sddmm(USqT, VqT, idx, rp, cols, det).to(acc)
         ss = torch.dot(s, s)
         sb = torch.dot(s, b)
         if fidx.numel():
-            bf = torch.ops.fastnorm.sara_sddmm(USqT, VqT, fidx, None, cols, det)
+            bf = torch.ops.fastnorm.sara_sddmm(USqT, VqT, fidx, None, cols, det).to(acc)
             ss = ss + torch.dot(sf, sf)
             sb = sb + torch.dot(sf, bf)
-        rf2 = torch.clamp(ss - 2.0 * sb + (sq * sq).sum(), min=0.0)
-        rf = torch.sqrt(rf2)
-        tail = math.sqrt(max(m - qk, 0))
-        value = float(sq.sum()) + tail * float(rf)
-        g = a.to(acc)
-        if tail > 0 and float(rf) > 1e-6 * math.sqrt(float(ss)):
-            g = g + (tail / rf) * (s - b.to(acc))
-        return value, g
+        rf = torch.sqrt(torch.clamp(ss - 2.0 * sb + (sq * sq).sum(), min=0.0))  # ‖S − U_q Σ_q V_qᵀ‖_F
+        tail = torch.sqrt(torch.clamp(m - qk, min=0.0))
+        value = sq.sum() + tail * rf
+        # tail term of the gradient only when the residual is resolvable (‖R‖_F > 1e-6·‖s‖) and m > q
+        use = (tail > 0) & (rf > 1e-6 * torch.sqrt(ss))
+        coef = torch.where(use, tail / torch.where(use, rf, torch.ones_like(rf)), torch.zeros_like(rf))
+        g = a + coef * (s - b)
+        return float(value), g  # the one host sync of the call
 
     def rank_loss(self, lambda_rank: Optional[float] = None) -> Tensor:
         """λ·ΣR̃ over the layers the config selects, differentiable w.r.t. the δ (only the k-sized g is saved).
