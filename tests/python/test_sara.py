@@ -1024,3 +1024,29 @@ def test_config_wgrad_reaches_the_op():
         x, y = data()
         F.cross_entropy(m(x), y).backward()
         assert m.h1.sara_delta.grad is not None and torch.isfinite(m.h1.sara_delta.grad).all()
+
+
+def test_conv_model_step_ppa_save_load(tmp_path):
+    torch.manual_seed(0)
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, groups=2),
+                             nn.Flatten(), nn.Linear(8 * 3 * 3, 4))
+
+    base = net()
+    m = copy.deepcopy(base)
+    opt = SaRA(m, threshold=0.1, lr=1e-2, bias="sara", total_steps=4, rank_include_conv=True, rank_min_dim=2,
+               rank_layers="all")
+    assert isinstance(m[0], SaRAConv2d) and isinstance(m[2], SaRAConv2d)
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 4, (4,))
+    train(m, opt, x, y, 4)
+    assert opt.progressed
+    for l in opt._layers:
+        check_invariant(l)
+    opt.save_pretrained(tmp_path)
+    m2 = copy.deepcopy(base)
+    SaRA.from_pretrained(m2, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(m2(x), m(x))
