@@ -479,7 +479,7 @@ def get_sara_model(model: nn.Module, config: Optional[SaRAConfig] = None, *, ind
         idx, base, cutoff, le = sel[j]
         cls = SaRAConv2d if isinstance(m, nn.Conv2d) else SaRALinear
         w = cls(m, idx, base=base, cutoff=cutoff, cutoff_le=le, alpha=config.alpha, wgrad=config.wgrad,
-                name=name, validate=indices is not None)
+                name=name)
         wrapped[i] = w
         _set_submodule(model, name, w)
     for i, owner in alias_of.items():

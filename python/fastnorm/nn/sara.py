@@ -177,10 +177,10 @@ class SaRALayer(_SparseState):
 
     def __init__(self, base_layer: nn.Module, indices: Tensor, adapter_name: str = "default", *,
                  base: Optional[Tensor] = None, cutoff: float = math.inf, cutoff_le: bool = True, alpha: float = 1.0,
-                 wgrad: str = "auto", name: Optional[str] = None, validate: bool = True):
+                 wgrad: str = "auto", name: Optional[str] = None):
         super().__init__()
-        if adapter_name != "default" and not isinstance(adapter_name, str):
-            raise TypeError("fastnorm.sara: adapter_name must be a str")
+        if not isinstance(adapter_name, str):
+            raise TypeError(f"fastnorm.sara: argument 'adapter_name' must be a str, got {type(adapter_name).__name__}")
         self.base_layer = base_layer
         self.adapter_name = adapter_name
         self.is_alias = False

@@ -662,13 +662,11 @@ class SaRA(Optimizer):
                 raise ValueError(f"fastnorm.sara.SaRA.from_pretrained: layer {stem!r} has shape {list(t.shape)} but "
                                  f"the adapter was trained on {list(shape)}")
         opt_kw = {k: kw.pop(k) for k in list(kw) if k not in _CONFIG_FIELDS}
-        cfg_fields = cfg.to_dict()
-        for k in _SELECTORS:
-            cfg_fields[k] = None
-        cfg_fields["threshold"] = cfg.threshold if cfg.mode == "threshold" else None
+        cfg_fields = cfg.to_dict()  # the stored indices are used as they are: selectors only set defaults (lr)
+        if any(k in kw for k in _SELECTORS):
+            for k in _SELECTORS:
+                cfg_fields[k] = None
         cfg_fields.update(kw)
-        if cfg_fields.get("threshold") is None and all(cfg_fields.get(k) is None for k in _SELECTORS):
-            cfg_fields["threshold"] = cfg.effective_threshold or 2e-3
         opt = cls(model, config=SaRAConfig(**cfg_fields), _indices=indices, **opt_kw)
         checks = raw.get("base_checksum", {})
         with torch.no_grad():
