@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -377,12 +376,7 @@ def test_merge_unmerge_disable_exact_and_resync():
     opt.set_scale(0.5)
     check_invariant(m.h1, alpha=0.5)
     opt.set_scale(1.0)
-    plain = opt.merge_and_unload()
-    assert type(plain.h1) is nn.Linear
-    assert torch.equal(plain(x), out) or True  # out predates the SGD step; compare with a fresh forward below
-    with torch.no_grad():
-        y_plain = plain(x)
-    assert torch.isfinite(y_plain).all()
+    check_invariant(m.h1)
 
 
 def test_merge_and_unload_keeps_outputs():
@@ -533,8 +527,6 @@ def test_optimizer_state_dict_round_trip():
     train(m, opt, x, y, 3)
     sd = copy.deepcopy(opt.state_dict())  # torch's load_state_dict keeps same-dtype tensors by reference
     assert {"step_count", "progressed", "rng_state", "config"} <= set(sd["sara"])
-    m2 = copy.deepcopy(m)
-    opt2 = SaRA.__new__(SaRA)
     # a fresh SaRA over a fresh copy of the same wrapped state
     m3 = make_mlp()
     opt3 = SaRA(m3, threshold=0.05, modules_to_save=["head"], total_steps=20)
@@ -545,7 +537,6 @@ def test_optimizer_state_dict_round_trip():
     l3 = train(m3, opt3, x, y, 3)
     assert l1 == l3
     assert torch.equal(m.h1.sara_delta, m3.h1.sara_delta)
-    del m2, opt2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -676,10 +667,7 @@ def test_ppa_intersect_keeps_state_consistent():
     layer = m.h1
     d_obj = layer.sara_delta
     old_idx = layer.sara_indices.clone()
-    old_d = d_obj.detach().clone()
     st = opt.state[d_obj]
-    m_old, v_old = st["exp_avg"].clone(), st["exp_avg_sq"].clone()
-    # replay the 5th step by hand to know δ before PPA
     F.cross_entropy(m(x), y).backward()
     opt.step()  # step 5: update then PPA
     opt.zero_grad()
@@ -691,18 +679,14 @@ def test_ppa_intersect_keeps_state_consistent():
     assert torch.equal(union, old_idx)
     assert layer.num_frozen > 0
     check_invariant(layer)
-    # survivors kept moments: the entries of st equal a gather of the pre-PPA moments advanced by one step
-    keep = torch.isin(old_idx, layer.sara_indices)
+    st = opt.state[d_obj]
     assert st["exp_avg"].shape == d_obj.shape and st["exp_avg_sq"].shape == d_obj.shape
     assert float(st["step"]) == 5
     assert layer.sara_row_ptr[-1] == layer.num_active
-    del m_old, v_old, old_d, keep
-    out = m(x).detach()
     frozen = layer.sara_frozen_delta.clone()
     train(m, opt, x, y, 2)
     assert torch.equal(layer.sara_frozen_delta, frozen)  # frozen values persist
     check_invariant(layer)
-    assert out.shape == m(x).shape
 
 
 def test_ppa_outputs_and_moments_bitwise():
@@ -718,14 +702,12 @@ def test_ppa_outputs_and_moments_bitwise():
     ea, es, d = st["exp_avg"].clone(), st["exp_avg_sq"].clone(), layer.sara_delta.detach().clone()
     opt.progress_now()
     pos = torch.searchsorted(old_idx, layer.sara_indices)
-    assert torch.equal(st["exp_avg"] if st is opt.state[layer.sara_delta] else opt.state[layer.sara_delta]["exp_avg"],
-                       ea[pos])
+    assert torch.equal(opt.state[layer.sara_delta]["exp_avg"], ea[pos])
     assert torch.equal(opt.state[layer.sara_delta]["exp_avg_sq"], es[pos])
     assert torch.equal(layer.sara_delta.detach(), d[pos])
     with torch.no_grad():
         assert torch.equal(m(x), out)
-    # a user-built optimizer over the same δ gets the same gather
-    assert opt.state[layer.sara_delta]["step"] == 4
+    assert opt.state[layer.sara_delta]["step"] == 4  # step kept
 
 
 def test_ppa_reselect_new_entries_start_at_zero():

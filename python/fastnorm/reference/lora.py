@@ -11,7 +11,6 @@ import re
 from typing import List, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LoRALinear", "apply_lora", "lora_parameters"]
