@@ -99,6 +99,30 @@ def test_finetune_step(benchmark, setup):
     assert mem["sara"]["trainable"] == mem["lora_ref"]["trainable"]
 
 
+def test_peak_after_progressive_step(benchmark, setup):
+    """The same step after the progressive step (intersect): retired entries drop their moments (persistent memory
+    shrinks by 8 bytes each, frozen entries keep δ, index and base)."""
+    ex, built = setup
+    model, opt, n, step = built["sara"]
+    lora = "lora_peft" if "lora_peft" in built else "lora_ref"
+    lmodel, lopt, _, lstep = built[lora]
+    k0 = sum(l.num_active for l in opt._layers)
+    opt.progress_now()
+    step()
+    k1 = sum(l.num_active for l in opt._layers)
+    pers = ex.persistent_bytes(model, opt)
+    trans = ex.transient_peak_bytes(step)
+    lpeak = ex.persistent_bytes(lmodel, lopt) + ex.transient_peak_bytes(lstep)
+    benchmark.pedantic(step, rounds=3, warmup_rounds=0, iterations=1)
+    r = (pers + trans) / lpeak
+    benchmark.extra_info.update({"op": "sara_finetune_step_after_ppa", "k_active_before": k0, "k_active_after": k1,
+                                 "persistent_MiB": pers / 2**20, "transient_MiB": trans / 2**20,
+                                 "sara/lora_peak": r, "T2_peak_vs_lora": "PASS" if r <= 1.0 else "FAIL"})
+    benchmark.group = "sara finetune step cpu (after PPA)"
+    print(f"\n  after PPA: k_active {k0} -> {k1}, peak {(pers + trans) / 2**20:.2f} MiB (persistent {pers / 2**20:.2f} "
+          f"+ transient {trans / 2**20:.2f}), SaRA/{lora} peak {r:.3f} [{benchmark.extra_info['T2_peak_vs_lora']}]")
+
+
 def test_step_phases(benchmark, setup):
     """Where SaRA's step time goes: forward+backward vs the optimizer step (incl. the rank regulariser)."""
     import time
