@@ -1032,3 +1032,19 @@ def test_conv_model_step_ppa_save_load(tmp_path):
     SaRA.from_pretrained(m2, tmp_path)
     with torch.no_grad():
         assert torch.equal(m2(x), m(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_low_precision_and_fp64_weights(dtype):
+    m = make_mlp(dtype=dtype)
+    w0 = m.h1.weight.detach().clone()
+    opt = SaRA(m, threshold=0.05, lr=1e-2, progressive_step=None)
+    want = torch.float64 if dtype == torch.float64 else torch.float32
+    assert m.h1.sara_delta.dtype == want and m.h1.sara_base.dtype == dtype
+    x, y = data(dtype=dtype)
+    train(m, opt, x, y, 3)
+    assert opt.state[m.h1.sara_delta]["exp_avg"].dtype == want
+    check_invariant(m.h1)
+    assert not torch.equal(m.h1.base_layer.weight, w0)
+    opt.unmerge()  # exact restore, no drift of the base in low precision
+    assert torch.equal(m.h1.base_layer.weight, w0)
