@@ -13,8 +13,8 @@ and the deltas against exact.
 
 Configs:  gpu   length 16384, 2000 steps, default hyper settings (min_seq_len 4096, b = m = 256)
           cpu   length 2048, 300 steps, min_seq_len 512, b = m = 64 (the spec's CPU config: ~20 min on 2 cores)
-          quick length 1024, 150 steps, min_seq_len 256, b = m = 32, batch 1, d_model 128 = 2 heads x 64
-                (a smaller model than the spec's, so that it runs in a few minutes on 2 cores)
+          quick length 512, 200 steps, min_seq_len 128, b = m = 16, batch 1, 2 layers, d_model 128 = 2 heads x 64
+                (smaller than the spec's model, so that it runs in a few minutes on 2 busy cores)
           smoke tiny, for CI
 Note: with the default min_seq_len 4096, causal hyper attention is exact up to length 8192 (§3.6).
 
@@ -37,8 +37,8 @@ CONFIGS = {
                 layers=4, d_model=256, heads=4),
     "cpu": dict(length=2048, steps=300, batch=2, min_seq_len=512, block=64, samples=64, eval_seqs=64,
                 layers=4, d_model=256, heads=4),
-    "quick": dict(length=1024, steps=150, batch=1, min_seq_len=256, block=32, samples=32, eval_seqs=16,
-                  layers=4, d_model=128, heads=2),
+    "quick": dict(length=512, steps=200, batch=1, min_seq_len=128, block=16, samples=16, eval_seqs=16,
+                  layers=2, d_model=128, heads=2),
     "smoke": dict(length=256, steps=4, batch=1, min_seq_len=64, block=16, samples=16, eval_seqs=2,
                   layers=2, d_model=64, heads=2),
 }
