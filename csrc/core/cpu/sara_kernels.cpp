@@ -91,25 +91,31 @@ void sddmm_panel(const SaraSddmmParams& p, const SddmmPlan& plan) {
     const int64_t jb = k * t / T_, je = k * (t + 1) / T_;
     A* panel = static_cast<A*>(p.workspace) + static_cast<size_t>(t) * (plan.panel_elems + nc);
     A* dy = panel + plan.panel_elems;
-    // The columns this thread's entries touch lie in [c_lo, c_hi] when its entries stay in one row; otherwise
-    // all columns are packed.
-    int64_t c_lo = 0, c_hi = cols - 1;
-    if (jb < je) {
-      const int64_t f0 = static_cast<int64_t>(idx[jb]), f1 = static_cast<int64_t>(idx[je - 1]);
-      if (f0 / cols == f1 / cols) { c_lo = f0 % cols; c_hi = f1 % cols; }
+    // Only the columns this thread's entries touch are packed (at low density most columns are never read;
+    // the values of a packed column do not depend on which others are packed, so results are unchanged).
+    std::vector<int64_t> need;
+    {
+      std::vector<char> used(static_cast<size_t>(cols), 0);
+      for (int64_t j = jb; j < je; ++j) used[static_cast<size_t>(static_cast<int64_t>(idx[j]) % cols)] = 1;
+      for (int64_t c = 0; c < cols; ++c)
+        if (used[static_cast<size_t>(c)]) need.push_back(c);
     }
+    const int64_t n_need = static_cast<int64_t>(need.size());
     for (int64_t j = jb; j < je; ++j) out[j] = A(0);
     for (int64_t n0 = 0; jb < je && n0 < p.n; n0 += nc) {
       const int64_t nv = std::min(nc, p.n - n0), L = (nv + 15) / 16 * 16;
       // Pack X^T[c, 0:nv] (blocks of 16 columns share the cache lines of each row of X), zero tail to L.
-      for (int64_t cb = c_lo; cb <= c_hi; cb += 16) {
-        const int64_t ce = std::min(c_hi + 1, cb + 16);
+      for (int64_t qb = 0; qb < n_need; qb += 16) {
+        const int64_t qe = std::min(n_need, qb + 16);
         for (int64_t i = 0; i < nv; ++i) {
           const T* xr = X + (n0 + i) * p.in_s0;
-          for (int64_t c = cb; c < ce; ++c) panel[c * nc + i] = static_cast<A>(Conv<T>::load(xr[c * p.in_s1]));
+          for (int64_t q = qb; q < qe; ++q) {
+            const int64_t c = need[static_cast<size_t>(q)];
+            panel[c * nc + i] = static_cast<A>(Conv<T>::load(xr[c * p.in_s1]));
+          }
         }
-        for (int64_t c = cb; c < ce; ++c)
-          for (int64_t i = nv; i < L; ++i) panel[c * nc + i] = A(0);
+        for (int64_t q = qb; q < qe; ++q)
+          for (int64_t i = nv; i < L; ++i) panel[need[static_cast<size_t>(q)] * nc + i] = A(0);
       }
       // Walk the thread's entries row by row (one division per row, not per entry); within a row, four
       // entries share each load of dY (dot16x4 gives each entry exactly dot16's bits).
