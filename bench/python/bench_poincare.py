@@ -25,6 +25,9 @@ from conftest import interleaved
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 ROUNDS = int(os.environ.get("FASTNORM_BENCH_ROUNDS", "20"))
 QUICK = os.environ.get("FASTNORM_BENCH_QUICK") == "1"
+# Baselines to run (comma list; default both). The reference is ~as slow as geoopt: on a loaded machine
+# FASTNORM_BENCH_BASELINES=geoopt keeps the run short.
+BASELINES = set(os.environ.get("FASTNORM_BENCH_BASELINES", "geoopt,reference").split(","))
 
 try:
     import geoopt
@@ -91,7 +94,7 @@ def test_core_op_fwd_bwd(benchmark, op, D, N, dtype):
     gout = torch.randn(out_shape, generator=torch.Generator().manual_seed(9)).to(dtype)
     c = torch.tensor(C0, requires_grad=True)
     fns = {"fastnorm": _fwd_bwd(ffn, ins, c, gout)}
-    if geoopt is not None and gfn is not None and dtype == torch.float32:
+    if geoopt is not None and gfn is not None and dtype == torch.float32 and "geoopt" in BASELINES:
         ball = geoopt.PoincareBall(c=C0, learnable=True)
         gins = [t.detach().clone().requires_grad_() for t in ins]
 
@@ -101,8 +104,9 @@ def test_core_op_fwd_bwd(benchmark, op, D, N, dtype):
             ball.isp_c.grad = None
             gfn(ball, *gins).backward(gout)
         fns["geoopt"] = g_run
-    rins = [t.detach().clone().requires_grad_() for t in ins]
-    fns["reference"] = _fwd_bwd(rfn, rins, c, gout)
+    if "reference" in BASELINES:
+        rins = [t.detach().clone().requires_grad_() for t in ins]
+        fns["reference"] = _fwd_bwd(rfn, rins, c, gout)
     vec_out = 0 if op in ("dist", "conformal_factor") else 1
     b = dtype.itemsize
     nbytes = (k + vec_out) * N * D * b + (vec_out + 2 * k) * N * D * b
@@ -127,7 +131,7 @@ def test_midpoint_fwd_bwd(benchmark, weighted):
         c.grad = None
         P.midpoint(x, c, w, reduce_dim=1).backward(gout)
     fns = {"fastnorm": f_run}
-    if geoopt is not None:
+    if geoopt is not None and "geoopt" in BASELINES:
         ball = geoopt.PoincareBall(c=C0, learnable=True)
         xg = x.detach().clone().requires_grad_()
 
@@ -136,13 +140,14 @@ def test_midpoint_fwd_bwd(benchmark, weighted):
             ball.isp_c.grad = None
             ball.weighted_midpoint(xg, w, reducedim=[1]).backward(gout)
         fns["geoopt"] = g_run
-    xr = x.detach().clone().requires_grad_()
+    if "reference" in BASELINES:
+        xr = x.detach().clone().requires_grad_()
 
-    def r_run():
-        xr.grad = None
-        c.grad = None
-        R.midpoint(xr, c, w, reduce_dim=1).backward(gout)
-    fns["reference"] = r_run
+        def r_run():
+            xr.grad = None
+            c.grad = None
+            R.midpoint(xr, c, w, reduce_dim=1).backward(gout)
+        fns["reference"] = r_run
     nbytes = 3 * x.numel() * 4
     med = interleaved(benchmark, fns, rounds=ROUNDS, warmup=1,
                       extra={"op": "midpoint", "pass": "fwd+bwd", "shape": [1024, 1024, 64], "weighted": weighted,

@@ -417,12 +417,27 @@ def test_noncontiguous_and_nan_rows_and_determinism():
     g1 = cc.grad.clone()
     cc.grad = None
     b2 = big.clone().requires_grad_()
+    nthreads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         P.dist(b2, big.flip(0), cc).sum().backward()
     finally:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(nthreads)
     assert torch.equal(g1, cc.grad) and torch.equal(b1.grad, b2.grad)
+
+
+def test_saved_tensors_are_inputs_only():
+    """Row ops save only their inputs and c (nothing output-sized, §4)."""
+    c = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    x = ball_points((16, 8), 0.5).requires_grad_()
+    y = ball_points((16, 8), 0.5, gen=torch.Generator().manual_seed(3)).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = P.transp(x, y, P.mobius_add(x, y, c), c)
+    ptrs = {t.data_ptr() for t in saved}
+    assert out.data_ptr() not in ptrs
+    assert len(saved) == 3 + 4  # mobius_add: x, y, c; transp: x, y, v (= the mobius_add output, its input), c
+    assert all(t.shape in ((16, 8), ()) for t in saved)
 
 
 def test_errors():
