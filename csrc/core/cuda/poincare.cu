@@ -1,8 +1,8 @@
 // Poincaré-ball core ops on CUDA (specs/poincare.md §2.4, §4). The per-vector math is the FASTNORM_HD code of
-// detail/poincare_math.h, run with one lane per dot product (L = 1) over strided storage-type views (SIn/SOut):
-// one thread per vector, grid-stride over vectors. With inner > 1 (NCHW, dim = 1) neighbouring threads read
-// neighbouring columns (coalesced); with inner = 1 each thread walks its own contiguous row, which the Gram, z
-// and write passes re-read from L1. The curvature gradient: per-thread brackets, a fixed shared-memory tree
+// detail/poincare_math.h over storage-type views (SIn/SOut), grid-stride over vectors: inner = 1 (rows): one warp
+// per vector (warp mode L = 0 of the math: lanes split D, coalesced loads, xor-butterfly sums); inner > 1 (NCHW,
+// dim = 1): one thread per vector looping over D (L = 1), neighbouring threads read neighbouring columns
+// (coalesced). The Gram, z and write passes re-read the vector (L1/L2) instead of holding it in registers. The curvature gradient: per-thread brackets, a fixed shared-memory tree
 // per block into the workspace, then a one-block finaliser summing the blocks in order (deterministic).
 // c is read from device memory by every thread (no host sync) unless the binding passed a host value.
 #include <cuda_runtime.h>
@@ -34,8 +34,10 @@ Status cuda_status(cudaError_t e, const char* what) {
   return Status(StatusCode::CudaError, std::string("poincare.") + what + ": " + cudaGetErrorString(e));
 }
 
-int64_t grid_for(int64_t rows) {
-  const int64_t b = (rows + kThreads - 1) / kThreads;
+// Blocks of a row launch: one thread per vector (inner > 1) or one warp per vector (inner = 1).
+int64_t grid_for(int64_t rows, int64_t inner) {
+  const int64_t per_block = inner == 1 ? kThreads / 32 : kThreads;
+  const int64_t b = (rows + per_block - 1) / per_block;
   return b < kMaxBlocks ? (b > 0 ? b : 1) : kMaxBlocks;
 }
 
@@ -136,6 +138,65 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowArgs a) {
   if (threadIdx.x == 0) a.partials[blockIdx.x] = red[0];
 }
 
+// inner = 1: one warp per vector (lane l handles d = l, l+32, ...: coalesced loads), grid-stride over vectors.
+// Every lane computes the same scalars (xor-butterfly sums are bitwise equal across lanes); lane 0 writes the
+// per-vector scalars and carries the curvature bracket.
+template <class Op, class T, class A>
+__global__ void __launch_bounds__(kThreads) row_fwd_warp_kernel(RowArgs a) {
+  constexpr int K = Op::Kf;
+  const Ctx<A> k{make_curv(read_c<A>(a.c)), A(a.eps), a.project, a.D};
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < a.rows; r += nwarps) {
+    const int64_t off = r * a.D;
+    SIn<T, A> in[K];
+    for (int s = 0; s < K; ++s) in[s] = SIn<T, A>{static_cast<const T*>(a.in[s]) + off, 1};
+    const A rs = a.scalar ? load_any<A>(a.scalar, a.scalar_dtype, r) : A(0);
+    if (Op::ScalarOut) {
+      A v;
+      Op::template fwd<A, 0>(k, in, rs, SOut<T, A>{nullptr, 0}, &v);
+      if (lane == 0) store_any<A>(a.out, a.scalar_dtype, r, v);
+    } else {
+      Op::template fwd<A, 0>(k, in, rs, SOut<T, A>{static_cast<T*>(a.out) + off, 1}, static_cast<A*>(nullptr));
+    }
+  }
+}
+
+template <class Op, class T, class A>
+__global__ void __launch_bounds__(kThreads) row_bwd_warp_kernel(RowArgs a) {
+  constexpr int K = Op::Kf, KB = Op::Kb;
+  const Ctx<A> k{make_curv(read_c<A>(a.c)), A(a.eps), a.project, a.D};
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  A acc = A(0);
+  for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < a.rows; r += nwarps) {
+    const int64_t off = r * a.D;
+    SIn<T, A> rows[KB];
+    for (int s = 0; s < K; ++s) rows[s] = SIn<T, A>{static_cast<const T*>(a.in[s]) + off, 1};
+    if (KB > K) rows[K] = SIn<T, A>{static_cast<const T*>(a.grad) + off, 1};
+    const A rs = a.scalar ? load_any<A>(a.scalar, a.scalar_dtype, r) : A(0);
+    const A gs = Op::ScalarOut ? load_any<A>(a.grad, a.scalar_dtype, r) : A(0);
+    SOut<T, A> gout[K];
+    for (int s = 0; s < K; ++s)
+      gout[s] = SOut<T, A>{a.grad_in[s] ? static_cast<T*>(a.grad_in[s]) + off : nullptr, 1};
+    A gr = A(0);
+    const A br = Op::template bwd<A, 0>(k, rows, rs, gs, gout, &gr);
+    if (lane == 0) {
+      acc += br;
+      if (a.grad_scalar) store_any<A>(a.grad_scalar, a.scalar_dtype, r, gr);
+    }
+  }
+  if (!a.need_c) return;
+  __shared__ double red[kThreads];
+  red[threadIdx.x] = double(acc);
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) a.partials[blockIdx.x] = red[0];
+}
+
 // Sums n partials in a fixed order (strided per thread, then a fixed tree), subtracts `sub` partials (midpoint
 // <g, m> terms) and writes (sum / (2c)) in c's dtype.
 __global__ void __launch_bounds__(kThreads)
@@ -193,12 +254,15 @@ RowArgs row_args(const RowOpParams& p) {
 template <class Op, class T, class A>
 Status launch(const RowOpParams& p, bool bwd, cudaStream_t s) {
   RowArgs a = row_args(p);
-  const int64_t grid = grid_for(a.rows);
+  const int64_t grid = grid_for(a.rows, a.inner);
+  const bool warp = a.inner == 1;
   if (!bwd) {
-    row_fwd_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
+    if (warp) row_fwd_warp_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
+    else row_fwd_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
     return cuda_status(cudaGetLastError(), "row_fwd");
   }
-  row_bwd_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
+  if (warp) row_bwd_warp_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
+  else row_bwd_kernel<Op, T, A><<<unsigned(grid), kThreads, 0, s>>>(a);
   Status st = cuda_status(cudaGetLastError(), "row_bwd");
   if (!st.ok() || !a.need_c) return st;
   finalize_c_kernel<<<1, kThreads, 0, s>>>(a.partials, grid, nullptr, 0, a.c, p.grad_c);
@@ -238,7 +302,7 @@ Status dispatch_op(RowOp op, const RowOpParams& p, bool bwd, cudaStream_t s) {
 
 size_t row_workspace_bytes(RowOp, const RowOpParams& p) {
   if (p.grad_c == nullptr) return 0;
-  return size_t(grid_for(p.layout.outer * p.layout.inner)) * sizeof(double);
+  return size_t(grid_for(p.layout.outer * p.layout.inner, p.layout.inner)) * sizeof(double);
 }
 
 Status row_fwd(RowOp op, const RowOpParams& p, cudaStream_t s) {

@@ -120,12 +120,47 @@ template <class A, int N> struct Gram {
   }
 };
 
+// Warp mode (L = 0, CUDA only): the 32 lanes of a warp share one vector, lane l handles d = l, l+32, ...; the
+// sums are completed by an xor butterfly, which gives every lane the bitwise same value (same pairs, addition
+// commutes), so all lanes then run the same scalar algebra and write disjoint elements.
+template <class A> FASTNORM_HD_INLINE A lane_sum(A v) {
+#if defined(__CUDA_ARCH__)
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#endif
+  return v;
+}
+FASTNORM_HD_INLINE int lane_id() {
+#if defined(__CUDA_ARCH__)
+  return int(threadIdx.x & 31u);
+#else
+  return 0;
+#endif
+}
+
 // Pass 1: Gram of the K basis rows, L interleaved lanes per dot product (L = 8 on the CPU, so each dot is one
 // vector register of partial sums; L = 1 on CUDA). Lanes are summed in a fixed order: deterministic.
 template <class A, int K, int N, int L, class R>
 FASTNORM_HD_INLINE void gram(const R* r, int64_t D, Gram<A, N>& G) {
   constexpr int P = K * (K + 1) / 2;
-  A acc[P][L];
+  if constexpr (L == 0) {
+    A acc[P];
+    for (int q = 0; q < P; ++q) acc[q] = A(0);
+    for (int64_t d = lane_id(); d < D; d += 32) {
+      A v[K];
+      for (int i = 0; i < K; ++i) v[i] = r[i][d];
+      int q = 0;
+      for (int i = 0; i < K; ++i)
+        for (int j = i; j < K; ++j) acc[q++] += v[i] * v[j];
+    }
+    int q = 0;
+    for (int i = 0; i < K; ++i)
+      for (int j = i; j < K; ++j, ++q) G.g[i][j] = G.g[j][i] = lane_sum(acc[q]);
+    for (int i = K; i < N; ++i)
+      for (int j = 0; j < N; ++j) G.g[i][j] = G.g[j][i] = A(0);
+    return;
+  }
+  constexpr int LL = L > 0 ? L : 1;
+  A acc[P][LL];
   for (int q = 0; q < P; ++q)
     for (int l = 0; l < L; ++l) acc[q][l] = A(0);
   int64_t d = 0;
@@ -161,7 +196,24 @@ FASTNORM_HD_INLINE void gram(const R* r, int64_t D, Gram<A, N>& G) {
 // directly; stored in slot K of G. zc must have zero in slot K.
 template <class A, int K, int N, int L, class R>
 FASTNORM_HD_INLINE void zgram(const R* r, const Vec<A, N>& zc, int64_t D, Gram<A, N>& G) {
-  A acc[K + 1][L];
+  if constexpr (L == 0) {
+    A acc[K + 1];
+    for (int q = 0; q <= K; ++q) acc[q] = A(0);
+    for (int64_t d = lane_id(); d < D; d += 32) {
+      A v[K];
+      A z = A(0);
+      for (int i = 0; i < K; ++i) {
+        v[i] = r[i][d];
+        z += zc.a[i] * v[i];
+      }
+      for (int i = 0; i < K; ++i) acc[i] += z * v[i];
+      acc[K] += z * z;
+    }
+    for (int i = 0; i <= K; ++i) G.g[K][i] = G.g[i][K] = lane_sum(acc[i]);
+    return;
+  }
+  constexpr int LL = L > 0 ? L : 1;
+  A acc[K + 1][LL];
   for (int q = 0; q <= K; ++q)
     for (int l = 0; l < L; ++l) acc[q][l] = A(0);
   int64_t d = 0;
@@ -196,11 +248,12 @@ FASTNORM_HD_INLINE void zgram(const R* r, const Vec<A, N>& zc, int64_t D, Gram<A
 }
 
 // Pass 3: out_d = sum_i co_i r_i[d] + co_K * z_d with z_d = sum_i zc_i r_i[d] (z formed first: no cancellation).
-template <class A, int K, int N, class R, class W>
+// In warp mode (Warp = true) lane l writes d = l, l+32, ...
+template <class A, int K, int N, bool Warp = false, class R, class W>
 FASTNORM_HD_INLINE void emit(const R* r, const Vec<A, N>& co, const Vec<A, N>& zc, int64_t D, const W& out) {
   if (!out.ok()) return;
   const bool use_z = N > K && co.a[N - 1] != A(0);
-  for (int64_t d = 0; d < D; ++d) {
+  for (int64_t d = Warp ? lane_id() : 0; d < D; d += Warp ? 32 : 1) {
     A v[K];
     for (int i = 0; i < K; ++i) v[i] = r[i][d];
     A s = A(0);
@@ -449,7 +502,7 @@ struct ProjectOp {
   static FASTNORM_HD_INLINE void fwd(const Ctx<A>& k, const R* in, A, const W& out, A*) {
     Gram<A, 2> G; gram<A, 1, 2, L>(in, k.D, G);
     const Radial<A> rd = proj_radial(G.g[0][0], k.cv, k.eps);
-    emit<A, 1, 2>(in, unit<A, 2>(0, rd.fn), vzero<A, 2>(), k.D, out);
+    emit<A, 1, 2, L == 0>(in, unit<A, 2>(0, rd.fn), vzero<A, 2>(), k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -457,7 +510,7 @@ struct ProjectOp {
     const Vec<A, 3> X = unit<A, 3>(0), Gv = unit<A, 3>(1);
     const Radial<A> rd = proj_radial(G.g[0][0], k.cv, k.eps);
     const Vec<A, 3> dX = radial_vjp(rd, Gv, G.g[0][1], X);
-    emit<A, 2, 3>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
+    emit<A, 2, 3, L == 0>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
     return G.dot(dX, X) - rd.fn * G.g[0][1];
   }
 };
@@ -472,7 +525,7 @@ template <bool Log> struct Radial0Op {
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE void fwd(const Ctx<A>& k, const R* in, A, const W& out, A*) {
     Gram<A, 2> G; gram<A, 1, 2, L>(in, k.D, G);
-    emit<A, 1, 2>(in, unit<A, 2>(0, rad(G.g[0][0], k).fn), vzero<A, 2>(), k.D, out);
+    emit<A, 1, 2, L == 0>(in, unit<A, 2>(0, rad(G.g[0][0], k).fn), vzero<A, 2>(), k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -480,7 +533,7 @@ template <bool Log> struct Radial0Op {
     const Vec<A, 3> X = unit<A, 3>(0), Gv = unit<A, 3>(1);
     const Radial<A> rd = rad(G.g[0][0], k);
     const Vec<A, 3> dX = radial_vjp(rd, Gv, G.g[0][1], X);
-    emit<A, 2, 3>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
+    emit<A, 2, 3, L == 0>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
     return G.dot(dX, X) - rd.fn * G.g[0][1];
   }
 };
@@ -495,7 +548,7 @@ struct ScalarMulOp {
     Gram<A, 2> G; gram<A, 1, 2, L>(in, k.D, G);
     const ScalarMulRadial<A> sm = scalar_mul_radial(r, G.g[0][0], k.cv);
     const Radial<A> pr = maybe_proj(sm.rad.fn * sm.rad.fn * G.g[0][0], k);
-    emit<A, 1, 2>(in, unit<A, 2>(0, pr.fn * sm.rad.fn), vzero<A, 2>(), k.D, out);
+    emit<A, 1, 2, L == 0>(in, unit<A, 2>(0, pr.fn * sm.rad.fn), vzero<A, 2>(), k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A r, A, const W* gout, A* gr) {
@@ -507,7 +560,7 @@ struct ScalarMulOp {
     const Vec<A, 3> dY = radial_vjp(pr, Gv, G.dot(Gv, Y), Y);
     const A dYx = G.dot(dY, X);
     const Vec<A, 3> dX = radial_vjp(sm.rad, dY, dYx, X);
-    emit<A, 2, 3>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
+    emit<A, 2, 3, L == 0>(rows, dX, vzero<A, 3>(), k.D, gout[0]);
     *gr = dYx * sm.dr_coef;
     return G.dot(dX, X) - pr.fn * G.dot(Gv, Y);
   }
@@ -522,7 +575,7 @@ struct MobiusAddOp {
     const Mobius<A, 3> m = mobius(unit<A, 3>(0), unit<A, 3>(1), G, k.cv);
     zgram<A, 2, 3, L>(in, m.z, k.D, G);
     const Radial<A> pr = maybe_proj(G.g[2][2], k);
-    emit<A, 2, 3>(in, unit<A, 3>(2, pr.fn), m.z, k.D, out);
+    emit<A, 2, 3, L == 0>(in, unit<A, 3>(2, pr.fn), m.z, k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -533,8 +586,8 @@ struct MobiusAddOp {
     const Radial<A> pr = maybe_proj(G.g[3][3], k);
     const Vec<A, 4> dZ = radial_vjp(pr, Gv, G.g[2][3], Z);
     const Pair<A, 4> d = mobius_vjp(m, X, Y, dZ, G.dot(dZ, X), G.dot(dZ, Y), G.dot(dZ, Z), k.cv);
-    emit<A, 3, 4>(rows, d.a, m.z, k.D, gout[0]);
-    emit<A, 3, 4>(rows, d.b, m.z, k.D, gout[1]);
+    emit<A, 3, 4, L == 0>(rows, d.a, m.z, k.D, gout[0]);
+    emit<A, 3, 4, L == 0>(rows, d.b, m.z, k.D, gout[1]);
     return G.dot(d.a, X) + G.dot(d.b, Y) - pr.fn * G.g[2][3];
   }
 };
@@ -571,8 +624,8 @@ struct DistOp {
     const Vec<A, 3> dZ = unit<A, 3>(2, beta);
     const Pair<A, 3> d = mobius_vjp(st.m, X, Y, dZ, G_dot(st.G, dZ, X), G_dot(st.G, dZ, Y), G_dot(st.G, dZ, Z), k.cv);
     const Vec<A, 3> dx = A(-1) * d.a;
-    emit<A, 2, 3>(rows, dx, st.m.z, k.D, gout[0]);
-    emit<A, 2, 3>(rows, d.b, st.m.z, k.D, gout[1]);
+    emit<A, 2, 3, L == 0>(rows, dx, st.m.z, k.D, gout[0]);
+    emit<A, 2, 3, L == 0>(rows, d.b, st.m.z, k.D, gout[1]);
     return st.G.dot(dx, unit<A, 3>(0)) + st.G.dot(d.b, Y) - g * st.d;
   }
   template <class A, int N>
@@ -590,7 +643,7 @@ struct ExpmapOp {
     const Mobius<A, 3> m = mobius(unit<A, 3>(0), unit<A, 3>(1, er.rad.fn), G, k.cv);
     zgram<A, 2, 3, L>(in, m.z, k.D, G);
     const Radial<A> pr = maybe_proj(G.g[2][2], k);
-    emit<A, 2, 3>(in, unit<A, 3>(2, pr.fn), m.z, k.D, out);
+    emit<A, 2, 3, L == 0>(in, unit<A, 3>(2, pr.fn), m.z, k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -607,8 +660,8 @@ struct ExpmapOp {
     const A dhv = G.dot(d.b, V);
     const Vec<A, 4> dv = radial_vjp(er.rad, d.b, dhv, V);
     const Vec<A, 4> dx = d.a + (dhv * er.dlam_coef * lam.kx) * X;
-    emit<A, 3, 4>(rows, dx, m.z, k.D, gout[0]);
-    emit<A, 3, 4>(rows, dv, m.z, k.D, gout[1]);
+    emit<A, 3, 4, L == 0>(rows, dx, m.z, k.D, gout[0]);
+    emit<A, 3, 4, L == 0>(rows, dv, m.z, k.D, gout[1]);
     return G.dot(dx, X) + G.dot(dv, V) - pr.fn * G.g[2][3];
   }
 };
@@ -623,7 +676,7 @@ struct LogmapOp {
     zgram<A, 2, 3, L>(in, m.z, k.D, G);
     const Radial<A> lr = logmap0_radial(G.g[2][2], k.cv);
     const A mf = m_max(A(1) - k.cv.c * G.g[0][0], A(kDenFloor));
-    emit<A, 2, 3>(in, unit<A, 3>(2, mf * lr.fn), m.z, k.D, out);
+    emit<A, 2, 3, L == 0>(in, unit<A, 3>(2, mf * lr.fn), m.z, k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -639,8 +692,8 @@ struct LogmapOp {
     const A dm = om > A(kDenFloor) ? lr.fn * gz : A(0);
     const Pair<A, 4> d = mobius_vjp(m, X, Y, dZ, G.dot(dZ, X), G.dot(dZ, Y), G.dot(dZ, Z), k.cv);
     const Vec<A, 4> dx = A(-1) * d.a + (A(-2) * k.cv.c * dm) * unit<A, 4>(0);
-    emit<A, 3, 4>(rows, dx, m.z, k.D, gout[0]);
-    emit<A, 3, 4>(rows, d.b, m.z, k.D, gout[1]);
+    emit<A, 3, 4, L == 0>(rows, dx, m.z, k.D, gout[0]);
+    emit<A, 3, 4, L == 0>(rows, d.b, m.z, k.D, gout[1]);
     return G.dot(dx, unit<A, 4>(0)) + G.dot(d.b, Y) - mf * lr.fn * gz;
   }
 };
@@ -657,7 +710,7 @@ struct ConformalOp {
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A g, const W* gout, A*) {
     Gram<A, 2> G; gram<A, 1, 2, L>(rows, k.D, G);
     const Lambda<A> lam = conformal(G.g[0][0], k.cv);
-    emit<A, 1, 2>(rows, unit<A, 2>(0, g * lam.kx), vzero<A, 2>(), k.D, gout[0]);
+    emit<A, 1, 2, L == 0>(rows, unit<A, 2>(0, g * lam.kx), vzero<A, 2>(), k.D, gout[0]);
     return g * lam.kx * G.g[0][0];  // alpha = 0: lambda is scale-free
   }
 };
@@ -669,7 +722,7 @@ struct GyrationOp {
   static FASTNORM_HD_INLINE void fwd(const Ctx<A>& k, const R* in, A, const W& out, A*) {
     Gram<A, 4> G; gram<A, 3, 4, L>(in, k.D, G);
     const Gyr<A, 4> y = gyration(unit<A, 4>(0), unit<A, 4>(1), unit<A, 4>(2), G, k.cv);
-    emit<A, 3, 4>(in, y.out, vzero<A, 4>(), k.D, out);
+    emit<A, 3, 4, L == 0>(in, y.out, vzero<A, 4>(), k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -677,9 +730,9 @@ struct GyrationOp {
     const Vec<A, 5> U = unit<A, 5>(0), V = unit<A, 5>(1), W_ = unit<A, 5>(2), Gv = unit<A, 5>(3);
     const Gyr<A, 5> y = gyration(U, V, W_, G, k.cv);
     const Triple<A, 5> d = gyration_vjp(y, U, V, W_, Gv, G, k.cv);
-    emit<A, 4, 5>(rows, d.u, vzero<A, 5>(), k.D, gout[0]);
-    emit<A, 4, 5>(rows, d.v, vzero<A, 5>(), k.D, gout[1]);
-    emit<A, 4, 5>(rows, d.w, vzero<A, 5>(), k.D, gout[2]);
+    emit<A, 4, 5, L == 0>(rows, d.u, vzero<A, 5>(), k.D, gout[0]);
+    emit<A, 4, 5, L == 0>(rows, d.v, vzero<A, 5>(), k.D, gout[1]);
+    emit<A, 4, 5, L == 0>(rows, d.w, vzero<A, 5>(), k.D, gout[2]);
     return G.dot(d.u, U) + G.dot(d.v, V) + G.dot(d.w, W_) - G.dot(Gv, y.out);
   }
 };
@@ -693,7 +746,7 @@ struct TranspOp {
     Gram<A, 4> G; gram<A, 3, 4, L>(in, k.D, G);
     const Gyr<A, 4> y = gyration(unit<A, 4>(1), unit<A, 4>(0, A(-1)), unit<A, 4>(2), G, k.cv);
     const A rho = m_max(A(1) - k.cv.c * G.g[1][1], A(kDenFloor)) / m_max(A(1) - k.cv.c * G.g[0][0], A(kDenFloor));
-    emit<A, 3, 4>(in, rho * y.out, vzero<A, 4>(), k.D, out);
+    emit<A, 3, 4, L == 0>(in, rho * y.out, vzero<A, 4>(), k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -707,9 +760,9 @@ struct TranspOp {
     const A gG = G.dot(Gv, y.out);
     const Vec<A, 5> dx = A(-1) * d.v + (lx > A(kDenFloor) ? gG * rho * k.cv.c * lamx : A(0)) * X;
     const Vec<A, 5> dy = d.u + (ly > A(kDenFloor) ? -gG * k.cv.c * lamx : A(0)) * Y;
-    emit<A, 4, 5>(rows, dx, vzero<A, 5>(), k.D, gout[0]);
-    emit<A, 4, 5>(rows, dy, vzero<A, 5>(), k.D, gout[1]);
-    emit<A, 4, 5>(rows, d.w, vzero<A, 5>(), k.D, gout[2]);
+    emit<A, 4, 5, L == 0>(rows, dx, vzero<A, 5>(), k.D, gout[0]);
+    emit<A, 4, 5, L == 0>(rows, dy, vzero<A, 5>(), k.D, gout[1]);
+    emit<A, 4, 5, L == 0>(rows, d.w, vzero<A, 5>(), k.D, gout[2]);
     return G.dot(dx, X) + G.dot(dy, Y) + G.dot(d.w, V) - rho * gG;
   }
 };
@@ -727,7 +780,7 @@ struct ResidualOp {
     zgram<A, 2, 3, L>(in, m.z, k.D, G);
     const Radial<A> pz = proj_radial(G.g[2][2], k.cv, k.eps);
     const Radial<A> lr = logmap0_radial(pz.fn * pz.fn * G.g[2][2], k.cv);
-    emit<A, 2, 3>(in, unit<A, 3>(2, lr.fn * pz.fn), m.z, k.D, out);
+    emit<A, 2, 3, L == 0>(in, unit<A, 3>(2, lr.fn * pz.fn), m.z, k.D, out);
   }
   template <class A, int L, class R, class W>
   static FASTNORM_HD_INLINE A bwd(const Ctx<A>& k, const R* rows, A, A, const W* gout, A*) {
@@ -746,8 +799,8 @@ struct ResidualOp {
     const Pair<A, 4> d = mobius_vjp(m, X, Y, dZ, G.dot(dZ, X), G.dot(dZ, Y), G.dot(dZ, Z), k.cv);
     const Vec<A, 4> da = radial_vjp(ra, d.a, G.dot(d.a, Ea), Ea);
     const Vec<A, 4> db = radial_vjp(rb, d.b, G.dot(d.b, Eb), Eb);
-    emit<A, 3, 4>(rows, da, m.z, k.D, gout[0]);
-    emit<A, 3, 4>(rows, db, m.z, k.D, gout[1]);
+    emit<A, 3, 4, L == 0>(rows, da, m.z, k.D, gout[0]);
+    emit<A, 3, 4, L == 0>(rows, db, m.z, k.D, gout[1]);
     return G.dot(da, Ea) + G.dot(db, Eb) - lr.fn * pz.fn * gz;
   }
 };
