@@ -5,7 +5,7 @@ from . import norm_unified
 from . import norm_crms, norm_alpha_bn  # noqa: F401
 from . import norm_power
 from . import norm_evonorm  # noqa: F401
-from .hyper_attention import hyper_attention, make_inputs, dense_weights, dense_attention, exact_attention  # noqa: F401
+from . import hyper_attention  # noqa: F401  (a submodule, as for every family)
 from . import poincare  # noqa: F401
 from . import lora  # noqa: F401
 
