@@ -343,3 +343,4 @@ for _name in _SPECS:
     torch.library.register_autograd(f"fastnorm::poincare_{_name}", _backward, setup_context=_setup)
     torch.library.register_autograd(f"fastnorm::poincare_{_name}_backward", _no_double_backward_factory(_name),
                                     setup_context=lambda ctx, inputs, output: None)
+from .poincare_layers import beta_concat_ratio, poincare_conv2d, poincare_linear, poincare_midpoint_batch_norm  # noqa: E402,F401,E501  (layers: ops/poincare_layers.py)

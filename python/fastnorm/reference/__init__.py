@@ -8,6 +8,7 @@ from . import norm_evonorm  # noqa: F401
 from . import hyper_attention  # noqa: F401  (a submodule, as for every family)
 from . import poincare  # noqa: F401
 from . import lora  # noqa: F401
+from . import poincare_layers  # noqa: F401
 
 __all__ = ["norm"]
 from . import sara  # noqa: F401
