@@ -39,7 +39,8 @@ __all__ = [
     "mixln_layer_types", "patch",
     # lion
     "lion_step_",
-    "hyper_attention", "hyper_attention_merge",
+    # hyper_attention, poincare, sara
+    "hyper_attention", "hyper_attention_merge", "poincare", "sara", "sara_linear", "sara_conv2d", "sara_merge",
     # subpackages
     "nn", "optim", "reference",
 ]
