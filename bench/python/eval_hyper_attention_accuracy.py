@@ -31,7 +31,7 @@ import time
 import torch
 
 import fastnorm
-import fastnorm.reference as R
+import fastnorm.reference.hyper_attention as R
 from fastnorm.reference.hyper_attention import exact_attention, hyper_attention as ref_ha
 
 COLUMNS = ["fastnorm", "ref-fixed", "official", "official-nomask", "official-triton", "block-only", "local", "mean-v",
