@@ -1,7 +1,9 @@
 # fastnorm — the two commands a new user needs:
 #   make demo   set everything up, build, run the main job (python -m fastnorm)
 #   make test   set everything up, build, run every test (C++ GoogleTest + pytest)
-# Also: make bench (benchmarks), make cuda-build (compile + link the CUDA module), make clean.
+# Also: make bench (every benchmark this machine can run, quick mode, then rewrites the tables in
+# bench/RESULTS.md and docs/*.md), make bench-full (the spec's sizes), make cuda-build (compile + link the
+# CUDA module), make clean. docs/benchmarks.md explains the benchmarks.
 SHELL := /bin/bash
 JOBS ?= 2
 # The interpreter: the active virtual environment, else .venv (created by scripts/setup.sh).
@@ -11,7 +13,7 @@ export PY
 # `make cuda-build` compiles them regardless. Override with FASTNORM_CUDA=ON|OFF|AUTO.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(JOBS)
 
-.PHONY: setup install demo test test-cpp test-python bench cuda-build clean
+.PHONY: setup install demo test test-cpp test-python bench bench-full bench-build bench-run bench-results cuda-build clean
 
 setup:
 	@scripts/setup.sh
@@ -36,13 +38,33 @@ test-python: install
 
 test: test-cpp test-python
 
-bench: install test-cpp
-	@mkdir -p bench/out
-	$(PY) -m pytest bench/python -q --benchmark-json=bench/out/bench_python.json
-	build/cpp/bench/cpp/fastnorm_bench_norm --benchmark_min_time=0.2 --benchmark_out=bench/out/bench_cpp.json \
-	  --benchmark_out_format=json
-	OMP_NUM_THREADS=2 build/cpp/bench/cpp/fastnorm_bench_lion --benchmark_min_time=0.2 --benchmark_repetitions=3 \
-	  --benchmark_out=bench/out/bench_cpp_lion.json --benchmark_out_format=json
+# Benchmarks (docs/benchmarks.md). BENCH_MODE=quick (default: fewer rounds, smaller or fewer cases, ~10 min on
+# 2 idle cores) or full (the spec's sizes); BENCH_ONLY=norm,lion runs a subset. bench/run.py runs the pytest-benchmark
+# files (CUDA cases too when a GPU is usable) and the Google Benchmark binaries that exist, writes bench/out/*.json,
+# then bench/update_results.py rewrites the <!-- bench:NAME --> blocks those runs produced (others stay as they are).
+BENCH_MODE ?= quick
+export BENCH_MODE
+
+bench: install bench-build
+	@$(PY) bench/run.py --mode $(BENCH_MODE)
+
+bench-full:
+	@$(MAKE) --no-print-directory bench BENCH_MODE=full
+
+# The C++ benchmark binaries only (no tests); a missing Google Benchmark skips them instead of failing.
+bench-build: setup
+	@mkdir -p build; { cmake -S . -B build/cpp -DFASTNORM_BUILD_PYTHON=OFF -DFASTNORM_CUDA=OFF -DFASTNORM_BUILD_BENCH=ON \
+	    -DCMAKE_BUILD_TYPE=Release >build/bench-build.log 2>&1 && \
+	  cmake --build build/cpp -j $(JOBS) --target fastnorm_bench_norm fastnorm_bench_lion >>build/bench-build.log 2>&1; } \
+	  || echo "bench-build: C++ benchmarks not built (see build/bench-build.log): skipped"
+
+# Runs the benchmarks against what is already installed/built (no install, no build step).
+bench-run:
+	@$(PY) bench/run.py --mode $(BENCH_MODE)
+
+# Re-renders the tables from the JSON files already in bench/out (or JSON=...: e.g. a GPU run's bench.json).
+bench-results:
+	@$(PY) bench/update_results.py $(or $(JSON),$(wildcard bench/out/*.json))
 
 # Builds the wheel with the CUDA kernels (scikit-build-core, abi3) into build/cuda-wheel; the kernels
 # compile and link here even without a GPU (they only run on one: scripts/gpu_check.sh).

@@ -34,7 +34,7 @@ import torch
 
 import fastnorm
 import fastnorm.optim
-from conftest import interleaved
+from conftest import QUICK, interleaved
 
 torch.set_num_threads(2)  # B4 runs on 2 threads (also set OMP_NUM_THREADS=2); the GPU cases do not depend on it
 
@@ -240,6 +240,8 @@ def test_cpu_reference(benchmark, case):
            "reference": _make_impl("reference", params, grads, sdt)}
     if fns["reference"] is None:
         pytest.skip("fastnorm.reference.lion not available")
+    if QUICK:
+        pytest.skip("quick mode: the float64 reference step (10-20 s) runs in full mode only")
     fns["fastnorm"]()
     fns["fastnorm"]()
     benchmark.group = f"lion fp32 cpu {case} reference"

@@ -16,10 +16,10 @@ import torch
 import fastnorm
 from fastnorm.reference import norm_crms as ref
 
-from conftest import interleaved
+from conftest import interleaved, pick
 
 M = 4096
-NS = [767, 1023, 4095]
+NS = pick([1023, 4095], [767, 1023, 4095])
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

@@ -20,11 +20,15 @@ import torch
 import fastnorm
 from fastnorm import poincare as P
 from fastnorm.reference import poincare as R
-from conftest import interleaved
+from conftest import QUICK as MODE_QUICK, interleaved, pick
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 ROUNDS = int(os.environ.get("FASTNORM_BENCH_ROUNDS", "20"))
-QUICK = os.environ.get("FASTNORM_BENCH_QUICK") == "1"
+QUICK = os.environ.get("FASTNORM_BENCH_QUICK") == "1" or MODE_QUICK
+# quick mode (make bench): the target case only, at 262144 points (64 MiB per fp32 input, still far beyond the
+# caches) and a [256, 1024, 64] midpoint; full mode: the spec's 1M points and [1024, 1024, 64]
+N_TARGET = pick(1 << 18, 1 << 20)
+MID_B = pick(256, 1024)
 # Baselines to run (comma list; default both). The reference is ~as slow as geoopt: on a loaded machine
 # FASTNORM_BENCH_BASELINES=geoopt keeps the run short.
 BASELINES = set(os.environ.get("FASTNORM_BENCH_BASELINES", "geoopt,reference").split(","))
@@ -79,7 +83,7 @@ def _fwd_bwd(fn, ins, c, gout):
 
 
 def _cases():
-    cases = [(op, 64, 1 << 20, torch.float32) for op in OPS]
+    cases = [(op, 64, N_TARGET, torch.float32) for op in OPS]
     if not QUICK:
         cases += [(op, d, 1 << 18, torch.float32) for op in OPS for d in (16, 256)]
         cases += [(op, 64, 1 << 20, dt) for op in OPS for dt in (torch.float16, torch.bfloat16)]
@@ -121,9 +125,9 @@ def test_core_op_fwd_bwd(benchmark, op, D, N, dtype):
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_midpoint_fwd_bwd(benchmark, weighted):
-    x = _points(1024 * 1024, 64, torch.float32, 0).view(1024, 1024, 64).requires_grad_()
-    w = torch.rand(1024, 1024) if weighted else None
-    gout = torch.randn(1024, 64)
+    x = _points(MID_B * 1024, 64, torch.float32, 0).view(MID_B, 1024, 64).requires_grad_()
+    w = torch.rand(MID_B, 1024) if weighted else None
+    gout = torch.randn(MID_B, 64)
     c = torch.tensor(C0, requires_grad=True)
 
     def f_run():
@@ -150,7 +154,7 @@ def test_midpoint_fwd_bwd(benchmark, weighted):
         fns["reference"] = r_run
     nbytes = 3 * x.numel() * 4
     med = interleaved(benchmark, fns, rounds=ROUNDS, warmup=1,
-                      extra={"op": "midpoint", "pass": "fwd+bwd", "shape": [1024, 1024, 64], "weighted": weighted,
+                      extra={"op": "midpoint", "pass": "fwd+bwd", "shape": [MID_B, 1024, 64], "weighted": weighted,
                              "threads": torch.get_num_threads(), "bytes": nbytes})
     benchmark.extra_info["GB/s"] = nbytes / med["fastnorm"] / 1e9
     for base in ("geoopt", "reference"):

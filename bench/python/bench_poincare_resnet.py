@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import fastnorm  # noqa: F401
 from fastnorm.nn import PoincareBatchNorm2d, PoincareConv2d, PoincareLinear, PoincareResNet
 
-from conftest import interleaved
+from conftest import interleaved, pick
 
 
 def cpu_peak_bytes(fn):
@@ -148,16 +148,22 @@ def euclidean_resnet(depth, widths, num_classes=10, in_channels=3):
     return torch.nn.Sequential(*layers)
 
 
+# quick mode: widths (4, 8, 16) at batch 8 on the CPU (the reference step at the spec's widths takes minutes on 2
+# cores); full mode and CUDA: the spec's widths (8, 16, 32) and (16, 32, 64) at batch 32
+RESNET_WIDTHS = pick([(4, 8, 16)], [(8, 16, 32), (16, 32, 64)])
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("widths", [(8, 16, 32), (16, 32, 64)])
+@pytest.mark.parametrize("widths", RESNET_WIDTHS)
 def test_poincare_resnet20_train_step(benchmark, device, widths):
     torch.manual_seed(0)
     net = PoincareResNet(depth=20, widths=widths, c=0.1).to(device)
     ref = PoincareResNet(depth=20, widths=widths, c=0.1, impl="reference").to(device)
     ref.load_state_dict(net.state_dict())
     eu = euclidean_resnet(20, widths).to(device)
-    x = torch.randn(32, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (32,), device=device)
+    batch = pick(8, 32) if device == "cpu" else 32
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     models = {"fastnorm": net, "reference": ref, "euclidean": eu}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
 
@@ -180,9 +186,10 @@ def test_poincare_resnet20_train_step(benchmark, device, widths):
             F.cross_entropy(models[k](x), y).backward()
         return f
     extra = _env(device)
+    extra.update({"widths": list(widths), "batch": batch})
     extra["peak_bytes_fwd_bwd"] = {k: peak_bytes(fwd_bwd(k), device) for k in models}
     extra["peak_ratio_fastnorm_over_reference"] = (extra["peak_bytes_fwd_bwd"]["fastnorm"]
                                                    / extra["peak_bytes_fwd_bwd"]["reference"])
-    times = interleaved(benchmark, fns, rounds=5 if device == "cpu" else 20, warmup=1, extra=extra)
+    times = interleaved(benchmark, fns, rounds=pick(3, 5) if device == "cpu" else 20, warmup=1, extra=extra)
     benchmark.extra_info["speedup_vs_reference"] = times["reference"] / times["fastnorm"]
     benchmark.extra_info["slowdown_vs_euclidean"] = times["fastnorm"] / times["euclidean"]
