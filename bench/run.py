@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -69,12 +70,15 @@ def probe(py):
 def run_proc(cmd, env, timeout, log):
     """Runs cmd in its own process group, streaming its output to log; returns (exit code, seconds, timed out)."""
     t0 = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as f:
         f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
         f.flush()
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = p.wait(timeout=timeout)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            run_proc.cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
             return rc, time.time() - t0, False
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGTERM)
@@ -83,6 +87,7 @@ def run_proc(cmd, env, timeout, log):
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            run_proc.cpu = float("nan")
             return p.returncode, time.time() - t0, True
 
 
@@ -112,8 +117,9 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--cpp-dir", default=os.environ.get("BENCH_CPP_DIR", os.path.join(ROOT, "build", "cpp", "bench",
                                                                                       "cpp")))
-    ap.add_argument("--timeout", type=float, default=None,
-                    help=f"seconds per benchmark file (default: {QUICK_TIMEOUT} in quick mode, none in full mode)")
+    ap.add_argument("--timeout", type=float, default=float(os.environ["BENCH_TIMEOUT"]) if os.environ.get(
+        "BENCH_TIMEOUT") else None, help=f"seconds per benchmark file, 0 = none (default: $BENCH_TIMEOUT, else "
+                    f"{QUICK_TIMEOUT} in quick mode and none in full mode)")
     ap.add_argument("--no-update", action="store_true", help="write the JSON files only; leave the Markdown alone")
     ap.add_argument("--gpu-only", action="store_true", help="only the CUDA cases (-m cuda); no C++ binaries")
     a = ap.parse_args(argv)
@@ -121,6 +127,7 @@ def main(argv=None):
     if not os.path.isabs(py) and os.sep in py:
         py = os.path.join(ROOT, py)
     timeout = a.timeout if a.timeout is not None else (QUICK_TIMEOUT if a.mode == "quick" else None)
+    timeout = timeout or None  # 0: no limit
     only = [s for s in a.only.split(",") if s]
     os.makedirs(a.out, exist_ok=True)
     driver = f"make bench{'-full' if a.mode == 'full' else ''}" if os.environ.get("MAKELEVEL") else \
@@ -145,7 +152,7 @@ def main(argv=None):
     for p, what in sorted(PEERS.items()):
         if not info["peers"].get(p):
             print(f"peer {p} not installed: {what} skipped")
-    results, written = [], []
+    results, written, cpu_total = [], [], []
     files = sorted(glob.glob(os.path.join(HERE, "python", "bench_*.py")))
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -182,10 +189,11 @@ def main(argv=None):
                                      f"{os.path.relpath(log, ROOT)})")
             written.append(out)
         skipped = [ln for ln in tail(log, 400) if ln.startswith("SKIPPED")]
-        print(f" {secs:.0f} s, load {load:.1f} at start: {status}")
+        print(f" {secs:.0f} s ({run_proc.cpu:.0f} s CPU), load {load:.1f} at start: {status}")
         for ln in skipped[:6]:
             print("     " + ln[:160])
         results.append((rel, status, secs, rc if not to else 124))
+        cpu_total.append(run_proc.cpu)
     # Google Benchmark binaries
     if not a.gpu_only:
         bins = sorted(glob.glob(os.path.join(a.cpp_dir, "fastnorm_bench_*")))
@@ -220,11 +228,13 @@ def main(argv=None):
                 f"FAILED (exit {rc}{', timeout' if to else ''}; see {os.path.relpath(log, ROOT)})"
             if ok:
                 written.append(out)
-            print(f" {secs:.0f} s, load {load:.1f} at start: {status}")
+            print(f" {secs:.0f} s ({run_proc.cpu:.0f} s CPU), load {load:.1f} at start: {status}")
             results.append((os.path.relpath(b, ROOT), status, secs, 0 if ok else 1))
+            cpu_total.append(run_proc.cpu)
     total = time.time() - t_start
     print(f"\n== {len(written)} result files in {os.path.relpath(a.out, ROOT)}; wall time {total:.0f} s "
-          f"({total / 60:.1f} min), mode {a.mode}; load average now {load1():.2f}")
+          f"({total / 60:.1f} min; {sum(c for c in cpu_total if c == c):.0f} s CPU in the benchmark processes), mode {a.mode}; "
+          f"load average now {load1():.2f}")
     if not a.no_update and written:
         update_results.update(written, update_results.default_targets(ROOT))
     bad = [r for r in results if r[3] not in (0, 5)]

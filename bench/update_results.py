@@ -73,11 +73,38 @@ def is_cuda(b):
             or "cuda" in (b.get("group") or "").split())
 
 
-def _label(b):
+def _causal(e):
+    return "causal" if e.get("causal") else "non-causal"
+
+
+def _density(e):
+    return f"density {100 * e['density']:g} %" if isinstance(e.get("density"), (int, float)) else ""
+
+
+# labels of cases whose bench sets no pytest-benchmark group, from their extra_info
+LABELS = {
+    "bench_poincare": lambda e, name: (f"{e['op']} fwd+bwd D={e['D']} N={e['N']} {e['dtype']}" if "D" in e else
+                                       f"{e['op']} fwd+bwd {e.get('shape')} {'weighted' if e.get('weighted') else 'unweighted'}"),
+    "bench_hyper_attention": lambda e, name: (f"{'fwd+bwd' if 'backward' in name else 'forward'} {_causal(e)} "
+                                              f"N={e['N']}"),
+    "bench_hyper_attention_cuda": lambda e, name: (f"{'fwd+bwd' if e.get('backward') else 'forward'} {_causal(e)} "
+                                                   f"N={e['N']}"),
+    "bench_sara": lambda e, name: {"B1": f"B1 Linear wgrad {e.get('shape', '')} {_density(e)} {e.get('dtype', '')}",
+                                   "B1-memory": f"B1 backward memory {e.get('shape', '')} {_density(e)}",
+                                   "B2": f"B2 Conv2d wgrad {name.split('[')[-1].split('-')[0]} {_density(e)}",
+                                   "B3": f"B3 sparse AdamW k={e.get('k')}"}.get(e.get("case"), name),
+}
+
+
+def _label(b, module=None):
     if b.get("group"):
         return b["group"]
     name = b.get("name", "?")
-    return name[5:] if name.startswith("test_") else name
+    name = name[5:] if name.startswith("test_") else name
+    try:
+        return " ".join(LABELS[module](b.get("extra_info", {}), name).split())
+    except (KeyError, TypeError, ValueError):
+        return name
 
 
 def _impls(b):
@@ -135,10 +162,10 @@ def read_pytest(data, path, order0=0):
                 f = fast_key(rec.impls)
                 rec.impls = {f: rec.impls[f], **{k: v for k, v in rec.impls.items() if k != f}}
                 continue
-            rec = Record(block, module, _label(b), impls, e, run, order0 + i)
+            rec = Record(block, module, _label(b, module), impls, e, run, order0 + i)
             merged[key] = rec
         else:
-            rec = Record(block, module, _label(b), impls, e, run, order0 + i)
+            rec = Record(block, module, _label(b, module), impls, e, run, order0 + i)
         records.append(rec)
     return records
 

@@ -5,6 +5,7 @@ geoopt's PoincareBall (learnable curvature, so its c gradient is computed too) a
 Run:  OMP_NUM_THREADS=2 python -m pytest bench/python/bench_poincare.py --benchmark-json=out.json
       FASTNORM_BENCH_ROUNDS=20 (default 20; median of the rounds, interleaved implementations)
       FASTNORM_BENCH_QUICK=1 runs only the target case (1M x 64 fp32) of every op.
+      --bench-mode=quick (make bench) runs only the target case, at 262144 points, and a smaller midpoint.
 
 Cases (CPU): every core op at 1M points x D = 64 fp32 (target T2: >= 3x faster than geoopt), D in {16, 256}
 (262144 points) and fp16/bf16 at D = 64 (report); midpoint on [1024, 1024, 64] reducing dim 1. c is a 0-dim

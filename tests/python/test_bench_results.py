@@ -216,3 +216,26 @@ def test_unmatched_markers_are_left_alone(tmp_path, bad):
     js = _write(tmp_path, "n.json", [_norm_cpu("rms_norm", "forward", 1024, 0.001, 0.002, 0.004)])
     ur.update([js], [str(doc)], out=open(os.devnull, "w"))
     assert doc.read_text() == bad
+
+
+def test_generic_ratio_table_and_cuda_ms_records(tmp_path):
+    core = {"group": None, "name": "test_core_op_fwd_bwd[mobius_add-64-262144-float32]",
+            "fullname": "bench/python/bench_poincare.py::test_core_op_fwd_bwd[mobius_add-64-262144-float32]",
+            "stats": {"median": 0.01},
+            "extra_info": {"op": "mobius_add", "pass": "fwd+bwd", "D": 64, "N": 262144, "dtype": "float32",
+                           "bytes": 10**9, "GB/s": 100.0,
+                           "median_s": {"fastnorm": 0.01, "geoopt": 0.05, "reference": 0.04}}}
+    ha = {"group": None, "name": "test_forward_131072[G1-causal]",
+          "fullname": "bench/python/bench_hyper_attention_cuda.py::test_forward_131072[G1-causal]",
+          "stats": {"median": 0.1},
+          "extra_info": {"card": "NVIDIA H100", "N": 131072, "causal": True, "backward": False,
+                         "ms": {"fastnorm": 2.0, "sdpa-flash": 10.0, "sdpa-cudnn": float("nan")},
+                         "target": 5.0, "result": "PASS", "peak_extra_bytes": 3 * 2**20}}
+    blocks = ur.blocks_from(ur.read([_write(tmp_path, "p.json", [core, ha])]))
+    assert set(blocks) == {"poincare-cpu", "hyper_attention-gpu"}
+    assert "| mobius_add fwd+bwd D=64 N=262144 float32 | 10.0 | 5.00× | 4.00× | 100.0 |" in blocks["poincare-cpu"]
+    gpu = blocks["hyper_attention-gpu"]
+    row = next(ln for ln in gpu.splitlines() if ln.startswith("| forward causal N=131072"))
+    assert "| 2.000 | 5.00× |" in row and "PASS" in row  # NaN (backend unavailable) dropped, not a column
+    assert "sdpa-cudnn" not in gpu
+    assert "| forward causal N=131072 | peak extra | 3.00 MiB |" in gpu
