@@ -46,7 +46,7 @@ BENCH_MODE ?= quick
 export BENCH_MODE
 
 bench: install bench-build
-	@$(PY) bench/run.py --mode $(BENCH_MODE)
+	@BENCH_DRIVER="make bench$(if $(filter full,$(BENCH_MODE)),-full)" $(PY) bench/run.py --mode $(BENCH_MODE)
 
 bench-full:
 	@$(MAKE) --no-print-directory bench BENCH_MODE=full
@@ -60,7 +60,7 @@ bench-build: setup
 
 # Runs the benchmarks against what is already installed/built (no install, no build step).
 bench-run:
-	@$(PY) bench/run.py --mode $(BENCH_MODE)
+	@BENCH_DRIVER="make bench-run BENCH_MODE=$(BENCH_MODE)" $(PY) bench/run.py --mode $(BENCH_MODE)
 
 # Re-renders the tables from the JSON files already in bench/out (or JSON=...: e.g. a GPU run's bench.json).
 bench-results:

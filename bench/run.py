@@ -130,8 +130,7 @@ def main(argv=None):
     timeout = timeout or None  # 0: no limit
     only = [s for s in a.only.split(",") if s]
     os.makedirs(a.out, exist_ok=True)
-    driver = f"make bench{'-full' if a.mode == 'full' else ''}" if os.environ.get("MAKELEVEL") else \
-        "python bench/run.py --mode " + a.mode
+    driver = os.environ.get("BENCH_DRIVER") or "python bench/run.py --mode " + a.mode  # the Makefile names itself
     t_start = time.time()
     print(f"== fastnorm benchmarks, mode {a.mode}: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
           f"{cpu_model()}, {os.cpu_count()} cores, load average {load1():.2f}")
