@@ -14,7 +14,9 @@ Three checks, each tied to a fence convention of these pages:
   in ``torch.ops.fastnorm`` (``str(schema)`` as torch prints it). With every page checked, each registered
   schema must appear on some page.
 
-It also checks that every ``<!-- bench:<name> begin -->`` marker has its ``end``. Exit status 1 on any failure.
+It also checks that every ``<!-- bench:<name> begin -->`` marker has its ``end``, and that every relative link
+``[..](page.md#anchor)`` / ``[..](#anchor)`` points to an existing docs page and heading (GitHub's heading slugs;
+a link to a page that is not in docs/ is reported). Exit status 1 on any failure.
 """
 import ast
 import importlib
@@ -27,6 +29,37 @@ import sys
 DOCS = pathlib.Path(__file__).resolve().parent
 FENCE = re.compile(r"^```([\w+-]*)\s*$")
 MARKER = re.compile(r"<!-- bench:([a-z0-9_-]+) (begin|end) -->")
+LINK = re.compile(r"\]\(([A-Za-z0-9_.-]*\.md)?(?:#([^)\s]+))?\)")
+
+
+def slugs(text):
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens, -1, -2 for repeats."""
+    out, seen, infence = set(), {}, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            infence = not infence
+        if infence or not line.startswith("#"):
+            continue
+        title = line.lstrip("#").strip().lower()
+        slug = "".join(ch for ch in title if ch.isalnum() or ch in " -_").replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def check_links(page, text):
+    errors = []
+    for target, anchor in LINK.findall(text):
+        if not target and not anchor:
+            continue
+        path = DOCS / target if target else page
+        if not path.exists():
+            errors.append(f"{page.name}: link to {target} (not in docs/)")
+            continue
+        if anchor and anchor not in slugs(path.read_text()):
+            errors.append(f"{page.name}: link to {target}#{anchor}: no such heading")
+    return errors
 
 
 def blocks(text):
@@ -150,6 +183,7 @@ def main(argv):
             elif not opened or opened.pop() != name:
                 failures.append(f"{page.name}: bench marker '{name}' end without begin")
         failures += [f"{page.name}: bench marker '{n}' not closed" for n in opened]
+        failures += check_links(page, text)
         code = []
         for lang, line, body in blocks(text):
             if lang == "python":
