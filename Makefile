@@ -72,5 +72,7 @@ cuda-build: setup
 	FASTNORM_CUDA=ON FASTNORM_CUDA_ARCHS="$${FASTNORM_CUDA_ARCHS:-90a-real}" $(PY) -m pip wheel -q \
 	  --disable-pip-version-check --no-build-isolation --no-deps -Cbuild-dir=build/cuda -w build/cuda-wheel .
 
+wheels: setup ; @PY=$(PY) scripts/build_wheels.sh $(WHEELS_ARGS)
+
 clean:
 	rm -rf build bench/out
