@@ -9,15 +9,12 @@
 
 Both CPU checks run in one spawn (process start-up dominates); each test reads its part of the result.
 """
-import os
-import socket
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
 
 import fastnorm  # noqa: F401
+from _dist import WORLD, check, free_port, spawn_parts
 
 HAS_OP = hasattr(torch.ops.fastnorm, "lion_step_")
 pytestmark = [
@@ -25,21 +22,8 @@ pytestmark = [
     pytest.mark.skipif(not HAS_OP, reason="this build has no torch.ops.fastnorm.lion_step_"),
 ]
 
-WORLD = 2
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write(outdir, rank, name, text):
-    with open(os.path.join(outdir, f"{name}.{rank}"), "w") as f:
-        f.write(text)
-
-
-def _ddp_sr(rank, outdir):
+def _ddp_sr(rank):
     from fastnorm.optim import Lion
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -65,7 +49,7 @@ def _ddp_sr(rank, outdir):
     return "ok"
 
 
-def _dtensor_shard(rank, outdir):
+def _dtensor_shard(rank):
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor import Shard, distribute_tensor
@@ -104,7 +88,7 @@ def _dtensor_shard(rank, outdir):
     return "ok"
 
 
-def _fsdp2_cpu(rank, outdir):
+def _fsdp2_cpu(rank):
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -138,51 +122,24 @@ def _fsdp2_cpu(rank, outdir):
     return "ok"
 
 
-def _worker(rank, port, outdir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    try:
-        for name, fn in (("ddp_sr", _ddp_sr), ("dtensor", _dtensor_shard), ("fsdp2_cpu", _fsdp2_cpu)):
-            try:
-                _write(outdir, rank, name, fn(rank, outdir))
-            except Exception:
-                _write(outdir, rank, name, "FAIL:\n" + traceback.format_exc())
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
+PARTS = [("ddp_sr", _ddp_sr), ("dtensor", _dtensor_shard), ("fsdp2_cpu", _fsdp2_cpu)]
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-    outdir = str(tmp_path_factory.mktemp("lion_dist"))
-    mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
-    res = {}
-    for name in ("ddp_sr", "dtensor", "fsdp2_cpu"):
-        res[name] = []
-        for r in range(WORLD):
-            path = os.path.join(outdir, f"{name}.{r}")
-            res[name].append(open(path).read() if os.path.exists(path) else "FAIL: no result")
-    return res
-
-
-def _check(results):
-    for r, text in enumerate(results):
-        if text.startswith("SKIP"):
-            pytest.skip(text[5:].strip())
-        assert text == "ok", f"rank {r}: {text}"
+    return spawn_parts(PARTS, str(tmp_path_factory.mktemp("lion_dist")))
 
 
 def test_ddp_stochastic_rounding_ranks_bitwise_equal(dist_results):
-    _check(dist_results["ddp_sr"])
+    check(dist_results["ddp_sr"])
 
 
 def test_dtensor_shard0_equals_unsharded(dist_results):
-    _check(dist_results["dtensor"])
+    check(dist_results["dtensor"])
 
 
 def test_fsdp2_cpu_equals_single_process(dist_results):
-    _check(dist_results["fsdp2_cpu"])
+    check(dist_results["fsdp2_cpu"])
 
 
 @pytest.mark.cuda
@@ -194,7 +151,7 @@ def test_fsdp2_fully_shard_smoke():
         pytest.skip("torch.distributed.fsdp.fully_shard unavailable")
     from fastnorm.optim import Lion
     if not dist.is_initialized():
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 4)).cuda()
