@@ -20,3 +20,5 @@ from . import init  # noqa: E402,F401  (fastnorm.nn.init: poincare_identity_, po
 from .poincare import PoincareBatchNorm2d, PoincareConv2d, PoincareLinear, PoincareResidualBlock, PoincareResNet, poincare_resnet20, poincare_resnet32  # noqa: E402,F401,E501
 __all__ += ["PoincareLinear", "PoincareConv2d", "PoincareBatchNorm2d", "PoincareResidualBlock", "PoincareResNet", "poincare_resnet20", "poincare_resnet32", "init"]  # noqa: E501
 __all__ += ["SaRALayer", "SaRALinear", "SaRAConv2d", "SaRAVectorDelta"]  # noqa: E402
+from .hyper_attention import hf_attention_forward, patch_hf_attention  # noqa: E402,F401  (transformers integration)
+__all__ += ["hf_attention_forward", "patch_hf_attention"]

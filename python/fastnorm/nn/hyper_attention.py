@@ -175,3 +175,125 @@ def patch_attention(model: nn.Module, dim_head: int, *, filter_fn: Optional[Call
                 del mod._modules["hyper_attention"]
         handle._undo.append(undo)
     return handle
+
+
+# ---- Hugging Face transformers integration ---------------------------------------------------------------------
+HF_ATTN_IMPLEMENTATION = "fastnorm_hyper"
+_HF_UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux", "sinks", "position_bias")
+
+
+def hf_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                         attention_mask: Optional[Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                         is_causal: Optional[bool] = None, **kwargs):
+    """An attention function for ``transformers.AttentionInterface`` (registered as ``"fastnorm_hyper"`` by
+    :func:`patch_hf_attention`), with the calling convention of transformers' ``sdpa_attention_forward``:
+    query [B, Hq, Nq, D], key/value [B, Hkv, Nk, D] -> (out [B, Nq, Hq, D] contiguous, None).
+
+    It runs ``module.hyper_attention`` (the child HyperAttention that ``patch_hf_attention`` attaches). The mask
+    interface is registered as transformers' ``sdpa_mask``, so ``attention_mask`` is None exactly when the mask
+    is the plain causal one (training, prefill without padding) or when every key is visible (one-token decode
+    steps); causality then comes from ``is_causal`` as in the SDPA integration (a one-token query is not causal,
+    and an empty-static-cache prefill with Nk > Nq uses the first Nq keys). A non-None ``attention_mask``
+    (padding, packed sequences, chunked prefill, static-cache decode) or ``dropout > 0`` follows the child's
+    ``unsupported`` policy: ``"error"`` raises NotImplementedError, ``"exact"`` hands the whole call to
+    transformers' SDPA function with a one-time warning. Grouped-query attention is native (query head h reads
+    kv head h // (Hq/Hkv), the mapping of transformers' ``repeat_kv``); ``scaling`` is passed as the scale.
+    Soft-capping, sliding windows, attention sinks and position biases raise NotImplementedError.
+    """
+    op = "nn.hf_attention_forward"
+    ha = module._modules.get("hyper_attention")
+    if not isinstance(ha, HyperAttention):
+        raise RuntimeError(f"fastnorm.{op}: {type(module).__name__} has no 'hyper_attention' child; "
+                           "attach one with fastnorm.nn.patch_hf_attention(model)")
+    for name in _HF_UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"fastnorm.{op}: '{name}' is not supported by HyperAttention")
+    if attention_mask is not None or dropout > 0:
+        arg = "attention_mask" if attention_mask is not None else "dropout"
+        if ha.unsupported == "error":
+            raise NotImplementedError(
+                f"fastnorm.{op}: '{arg}' given ({'a padding, packed-sequence, chunked-prefill or static-cache mask' if arg == 'attention_mask' else f'dropout={dropout}'}); "  # noqa: E501
+                "HyperAttention supports plain causal or full attention only (build the HyperAttention children "
+                "with unsupported='exact' to hand such calls to exact SDPA)")
+        if not ha._warned:
+            warnings.warn(f"fastnorm.{op}: '{arg}' given; delegating the call to transformers' SDPA attention "
+                          "(exact attention)", stacklevel=2)
+            ha._warned = True
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if ha.layout != "bhnd":
+        raise ValueError(f"fastnorm.{op}: the hyper_attention child must use layout 'bhnd' (transformers passes "
+                         f"[B, H, N, D]), got {ha.layout!r}")
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True)) and q_len > 1
+    if causal and kv_len > q_len:
+        # Only reached for a prefill into an empty static cache (otherwise the mask would not be None): the
+        # first q_len keys are the real ones, as in transformers' SDPA integration.
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = ha(query, key, value, None, 0.0, causal, scaling, query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_hf() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(HF_ATTN_IMPLEMENTATION, hf_attention_forward)
+    # Without a mask function for this name, transformers builds no mask at all, and a padding mask would be
+    # dropped silently; sdpa_mask returns None for the plain causal case and a boolean mask otherwise.
+    AttentionMaskInterface.register(HF_ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def patch_hf_attention(model: nn.Module, *, filter_fn: Optional[Callable[[str, nn.Module], bool]] = None,
+                       **hyper_kwargs) -> _PatchHandle:
+    """Runs a Hugging Face ``transformers`` model's attention through HyperAttention.
+
+    Registers :func:`hf_attention_forward` under ``"fastnorm_hyper"`` (``transformers.AttentionInterface`` and
+    ``AttentionMaskInterface``), attaches a child ``hyper_attention`` = ``HyperAttention(module.head_dim,
+    layout="bhnd", **hyper_kwargs)`` to every selected module (default: modules whose class name ends in
+    "Attention" and that have an integer ``head_dim``; its ``lsh_proj`` is then in the state_dict), and switches
+    the model with ``model.set_attn_implementation("fastnorm_hyper")``. ``handle.remove()`` restores the previous
+    implementation and removes the children. Only models whose attention layers dispatch through
+    ``ALL_ATTENTION_FUNCTIONS`` (Llama, Mistral, Qwen2, ... in transformers >= 4.48) are affected; see
+    :func:`hf_attention_forward` for what is supported."""
+    op = "nn.patch_hf_attention"
+    if not hasattr(model, "set_attn_implementation") or not hasattr(model, "config"):
+        raise TypeError(f"fastnorm.{op}: model must be a transformers PreTrainedModel, got {type(model).__name__}")
+    if "layout" in hyper_kwargs and hyper_kwargs["layout"] != "bhnd":
+        raise ValueError(f"fastnorm.{op}: layout must be 'bhnd' (transformers passes [B, H, N, D])")
+    hyper_kwargs.pop("layout", None)
+    _register_hf()
+
+    def default_filter(name, mod):
+        return (type(mod).__name__.endswith("Attention") and not isinstance(mod, HyperAttention)
+                and isinstance(getattr(mod, "head_dim", None), int))
+
+    select = filter_fn or default_filter
+    targets = [(n, m) for n, m in model.named_modules() if select(n, m)]
+    if not targets:
+        raise ValueError(f"fastnorm.{op}: no attention module selected in {type(model).__name__}")
+    for name, mod in targets:
+        if "hyper_attention" in mod._modules:
+            raise ValueError(f"fastnorm.{op}: {name} already has a 'hyper_attention' child")
+    handle = _PatchHandle()
+    previous = model.config._attn_implementation
+    for name, mod in targets:
+        ha = HyperAttention(mod.head_dim, layout="bhnd", **hyper_kwargs)
+        try:
+            ha = ha.to(next(mod.parameters()).device)
+        except StopIteration:
+            pass
+        mod.add_module("hyper_attention", ha)
+        handle._undo.append(lambda mod=mod: mod._modules.pop("hyper_attention", None))
+    handle._undo.insert(0, lambda: model.set_attn_implementation(previous))  # undone last
+    try:
+        model.set_attn_implementation(HF_ATTN_IMPLEMENTATION)
+    except Exception:
+        handle.remove()
+        raise
+    if model.config._attn_implementation != HF_ATTN_IMPLEMENTATION:
+        # transformers only logs a warning for models that do not dispatch through AttentionInterface
+        handle.remove()
+        raise ValueError(f"fastnorm.{op}: {type(model).__name__} did not switch to {HF_ATTN_IMPLEMENTATION!r} (its "
+                         "attention does not dispatch through transformers.AttentionInterface); nothing patched")
+    return handle
