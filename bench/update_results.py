@@ -532,13 +532,18 @@ def blocks_from(records):
 
 
 # ---- rewriting ------------------------------------------------------------------------------------------------
+FENCE_RE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
+
+
 def rewrite(text, blocks):
-    """text with the body of every block named in `blocks` replaced; returns (new text, names replaced)."""
+    """text with the body of every block named in `blocks` replaced; returns (new text, names replaced).
+    Markers inside fenced code blocks (examples in the docs) are not blocks."""
     done = []
+    fences = [m.span() for m in FENCE_RE.finditer(text)]
 
     def sub(m):
         name = m.group(2)
-        if name not in blocks:
+        if name not in blocks or any(a <= m.start() < b for a, b in fences):
             return m.group(0)
         done.append(name)
         return m.group(1) + blocks[name] + m.group(4)

@@ -239,3 +239,15 @@ def test_generic_ratio_table_and_cuda_ms_records(tmp_path):
     assert "| 2.000 | 5.00× |" in row and "PASS" in row  # NaN (backend unavailable) dropped, not a column
     assert "sdpa-cudnn" not in gpu
     assert "| forward causal N=131072 | peak extra | 3.00 MiB |" in gpu
+
+
+def test_markers_in_code_fences_are_examples(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    text = ("How it looks:\n\n```markdown\n<!-- bench:norm-cpu begin -->\n(example)\n<!-- bench:norm-cpu end -->\n```\n\n"
+            "<!-- bench:norm-cpu begin -->\nreal\n<!-- bench:norm-cpu end -->\n")
+    doc.write_text(text)
+    js = _write(tmp_path, "n.json", [_norm_cpu("rms_norm", "forward", 1024, 0.001, 0.002, 0.004)])
+    ur.update([js], [str(doc)], out=open(os.devnull, "w"))
+    new = doc.read_text()
+    assert new.startswith(text[:text.index("```\n\n") + 5])  # the fenced example is untouched
+    assert "real" not in new and new.count("| rms_norm |") == 1
