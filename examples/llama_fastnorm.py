@@ -106,7 +106,7 @@ def fastnorm_op_calls(model, ids: torch.Tensor) -> Dict[str, int]:
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64 over the entries where a or b is finite (generate's logits processors set
     banned tokens to -inf in both); a finite/infinite mismatch counts as inf."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     both_inf = ~torch.isfinite(a) & (a == b)
     if not bool((torch.isfinite(a) == torch.isfinite(b)).all()):
         return math.inf

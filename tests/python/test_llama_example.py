@@ -204,3 +204,32 @@ def test_example_main_smoke(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "PASSED" in out and "FAIL]" not in out
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph(models):
+    # aot_eager: dynamo + AOTAutograd (fake kernels, autograd registration) without inductor's C++ build time.
+    ref, _, _, _ = models
+    m = copy.deepcopy(ref)
+    fastnorm.patch(m)
+    # seed=None: approximating calls then draw from the global RNG (dynamo cannot trace explicit generators)
+    fastnorm.nn.patch_hf_attention(m, min_seq_len=MIN_SEQ, block_size=BLOCK, sample_size=SAMPLE,
+                                   exact_fallback="fastnorm")
+    ids = torch.randint(3, VOCAB, (2, 4 * MIN_SEQ), generator=torch.Generator().manual_seed(9))  # approximate path
+    torch._dynamo.reset()
+    cm = torch.compile(m, backend="aot_eager", fullgraph=True)
+    m.train()
+    torch.manual_seed(0)
+    eager = m(ids, labels=ids)
+    torch.manual_seed(0)
+    comp = cm(ids, labels=ids)
+    assert ex._rel(comp.logits, eager.logits) <= TOL
+    comp.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    # seed set, exact path, no eager warm-up: the generator patch_hf_attention created up front keeps the graph whole
+    _, pat, _, _ = models
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(copy.deepcopy(pat), backend="aot_eager", fullgraph=True)(ids[:, :2 * MIN_SEQ]).logits
+        assert ex._rel(out, pat(ids[:, :2 * MIN_SEQ]).logits) <= TOL
+    torch._dynamo.reset()

@@ -253,7 +253,8 @@ def patch_hf_attention(model: nn.Module, *, filter_fn: Optional[Callable[[str, n
     layout="bhnd", **hyper_kwargs)`` to every selected module (default: modules whose class name ends in
     "Attention" and that have an integer ``head_dim``; its ``lsh_proj`` is then in the state_dict), and switches
     the model with ``model.set_attn_implementation("fastnorm_hyper")``. ``handle.remove()`` restores the previous
-    implementation and removes the children. Only models whose attention layers dispatch through
+    implementation and removes the children. Under ``torch.compile(fullgraph=True)`` pass ``seed=None``: approximating
+    calls draw from an explicit generator when ``seed`` is set, which dynamo cannot trace. Only models whose attention layers dispatch through
     ``ALL_ATTENTION_FUNCTIONS`` (Llama, Mistral, Qwen2, ... in transformers >= 4.48) are affected; see
     :func:`hf_attention_forward` for what is supported."""
     op = "nn.patch_hf_attention"
@@ -283,6 +284,10 @@ def patch_hf_attention(model: nn.Module, *, filter_fn: Optional[Callable[[str, n
             ha = ha.to(next(mod.parameters()).device)
         except StopIteration:
             pass
+        if ha.seed is not None:
+            # Create the seeded generator now: created lazily inside the first forward, it would break
+            # torch.compile (a Generator cannot be created in a compiled region).
+            ha._generator(ha.lsh_proj.device)
         mod.add_module("hyper_attention", ha)
         handle._undo.append(lambda mod=mod: mod._modules.pop("hyper_attention", None))
     handle._undo.insert(0, lambda: model.set_attn_implementation(previous))  # undone last
