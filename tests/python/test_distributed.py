@@ -203,6 +203,15 @@ def _assert_bitwise(rank, names, got, want):
         assert torch.equal(v, rbuffers[rank][k]), f"buffer {k}: {v} vs {rbuffers[rank][k]}"
 
 
+def _assert_state_moved(buffers):
+    """The buffer comparisons mean something only if the training steps changed the state."""
+    init = build(True).state_dict()
+    for k in ("power.running_phi", "power.ema_gz", "unified.running_var", "unified.ema_gz", "unified.buffer_x2",
+              "unified.buffer_gz", "b0.running_var"):
+        assert not torch.equal(buffers[k], init[k]), f"{k} did not change in {STEPS} training steps"
+    assert buffers["power.iters"].item() == STEPS and buffers["unified.iters"].item() == STEPS
+
+
 def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
@@ -241,6 +250,7 @@ def _ddp(rank):
     got = train_distributed(rank, DDP(model), model, data)
     want = train_replicas(True, torch.float32, data, buffers="rank0")
     _assert_bitwise(rank, _names(model), got, want)
+    _assert_state_moved(got[3])
     # the batch-statistic modules are not synchronised: the whole batch gives another loss
     full = loss_of(build(True), *data[0]).detach()
     local = got[0][0].clone()
@@ -260,6 +270,7 @@ def _fsdp2(rank):
     got = train_distributed(rank, _shard_model(model, fully_shard, mesh), model, data)
     want = train_replicas(True, torch.float32, data, buffers="per_rank")
     _assert_bitwise(rank, names, got, want)
+    _assert_state_moved(got[3])
     return "ok"
 
 
