@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "fastnorm/detail/dtype.h"
+#include "fastnorm/detail/rounding.h"
 #include "fastnorm/lion.h"
 
 namespace fastnorm {
@@ -16,49 +17,10 @@ namespace detail {
 using fastnorm::detail::f32_bits;
 using fastnorm::detail::f32_from_bits;
 
-// ---- pinned roundings -------------------------------------------------------------------------------
-FASTNORM_HD_INLINE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTNORM_HD_INLINE double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTNORM_HD_INLINE float fma_rn(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-FASTNORM_HD_INLINE double fma_rn(double a, double b, double c) {
-#if defined(__CUDA_ARCH__)
-  return __fma_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-FASTNORM_HD_INLINE float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-FASTNORM_HD_INLINE double div_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+// ---- pinned roundings (detail/rounding.h) ---------------------------------------------------------
+using fastnorm::detail::div_rn;
+using fastnorm::detail::fma_rn;
+using fastnorm::detail::mul_rn;
 
 // ---- sign --------------------------------------------------------------------------------------------
 // sign(+-0) = 0 (torch.sign); +-Inf gives +-1; NaN gives NaN under Propagate, 0 under Torch.

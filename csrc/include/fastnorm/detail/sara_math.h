@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "fastnorm/detail/dtype.h"
+#include "fastnorm/detail/rounding.h"
 #include "fastnorm/sara.h"
 
 namespace fastnorm {
@@ -100,63 +101,12 @@ FASTNORM_HD_INLINE ConvCol decode_conv_col(int64_t col, int64_t kh, int64_t kw) 
   return r;
 }
 
-// ---- pinned roundings ------------------------------------------------------------------------------------
-FASTNORM_HD_INLINE float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-FASTNORM_HD_INLINE double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-FASTNORM_HD_INLINE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTNORM_HD_INLINE double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTNORM_HD_INLINE float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-FASTNORM_HD_INLINE double div_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-FASTNORM_HD_INLINE float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
-FASTNORM_HD_INLINE double sqrt_rn(double a) {
-#if defined(__CUDA_ARCH__)
-  return __dsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
+// ---- pinned roundings (detail/rounding.h) ---------------------------------------------------------------
+using fastnorm::detail::add_rn;
+using fastnorm::detail::div_rn;
+using fastnorm::detail::fma_rn;
+using fastnorm::detail::mul_rn;
+using fastnorm::detail::sqrt_rn;
 
 // Write-through value RN_w(src + alpha*delta): alpha*delta rounded to the opmath type A, the sum rounded to A,
 // then one round-to-nearest-even into W. Bitwise (src.float() + alpha*delta).to(w.dtype) in torch, except that
@@ -195,21 +145,6 @@ FASTNORM_HD_INLINE AdamWScalars<A> adamw_scalars(double lr, double beta1, double
   s.neg_step = static_cast<A>(-(lr / bc1));
   s.alpha = static_cast<A>(alpha);
   return s;
-}
-
-FASTNORM_HD_INLINE float fma_rn(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-FASTNORM_HD_INLINE double fma_rn(double a, double b, double c) {
-#if defined(__CUDA_ARCH__)
-  return __fma_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
 }
 
 // torch's vectorised lerp (ATen/native/cpu/LerpKernel.cpp, which torch's CPU AdamW runs): one FMA,
