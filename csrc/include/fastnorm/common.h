@@ -38,20 +38,24 @@ FASTNORM_HD_INLINE bool is_float(DType t) {
   return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16 || t == DType::Float64;
 }
 
-// Human-readable name, used in error messages.
+// Human-readable name of `t` ("float32", ..., "unknown" for a code outside the enum), used in error
+// messages. Never fails; the returned string is static.
 FASTNORM_API const char* dtype_name(DType t);
 
+// What went wrong. Every entry point documents which codes it returns; the meaning is the same everywhere.
 enum class StatusCode : int32_t {
-  Ok = 0,
-  InvalidArgument = 1,
-  Unsupported = 2,
-  CudaError = 3,
-  OutOfMemory = 4,
-  Internal = 5,
+  Ok = 0,               // success; the outputs are written
+  InvalidArgument = 1,  // a size, pointer, stride, hyper-parameter or workspace size is wrong; nothing was written
+  Unsupported = 2,      // a dtype (or dtype combination) the op does not implement; nothing was written
+  CudaError = 3,        // CUDA entry points only: a launch or CUDA runtime call failed (cudaGetErrorString in
+                        // the message); outputs are undefined
+  OutOfMemory = 4,      // reserved: the core never allocates device memory, so no entry point returns it today
+  Internal = 5,         // a broken internal invariant (a bug in fastnorm); please report it
 };
 
-// Result of every core entry point: no exceptions cross the core boundary. The binding layer turns a
-// non-OK status into an error whose message names the op.
+// Result of every core entry point: no exceptions cross the core boundary. ok() is true for StatusCode::Ok;
+// otherwise message() is a short sentence that names the op and the argument ("layer_norm: eps must be a
+// finite value > 0"). The torch binding turns a non-OK status into a Python error whose message names the op.
 class Status {
  public:
   Status() = default;
@@ -66,6 +70,7 @@ class Status {
   std::string message_;
 };
 
+// Shorthands for the two codes argument checks return.
 inline Status invalid_argument(std::string msg) { return Status(StatusCode::InvalidArgument, std::move(msg)); }
 inline Status unsupported(std::string msg) { return Status(StatusCode::Unsupported, std::move(msg)); }
 

@@ -16,6 +16,12 @@
 // params, a trailing cudaStream_t, device pointers; implemented in csrc/core/cuda/hyper_attention.cu).
 // All return Status and never throw. The core never allocates device memory: callers pass workspace of
 // the *_workspace_size() of the device they run on (CPU kernels may keep small thread-local buffers).
+//
+// Status: Ok (also for empty problems: B, Hq or Nq == 0); InvalidArgument for everything validate() checks
+// (a bad config, negative sizes, head_dim outside [1, 256], Hq not a multiple of Hkv, a non-float dtype,
+// causal with Nq != Nk, a non-finite scale, sequence lengths >= 2^31, null q / k), and per op for a plan whose
+// sizes differ from plan_sizes() or whose pointers are null, null outputs / v / grads, or a workspace smaller
+// than the *_workspace_size(). CUDA adds Unsupported (Float64, a grid or shared-memory limit) and CudaError.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -30,7 +36,7 @@ namespace fastnorm {
 namespace hyper_attention {
 
 // Hyper-parameters shared by plan, forward and backward (spec §3.11 defaults).
-struct HyperAttnConfig {
+struct HyperAttnConfig {  // checked by schedule(), plan_sizes() and validate()
   int64_t block_size = 256;   // b >= 1: keys per LSH block (balanced partition, §3.3)
   int64_t sample_size = 256;  // m >= 0: residual samples per approximated sub-problem (§3.4)
   int64_t min_seq_len = 4096; // >= 1: a (sub-)problem with Nk' <= min_seq_len is exact (§3.6)
@@ -151,43 +157,56 @@ struct HyperAttnMergeParams {
 FASTNORM_API Status schedule(const HyperAttnConfig& config, int64_t nq, int64_t nk, bool causal,
                              HyperAttnSubproblem* out, int64_t capacity, int64_t* out_count);
 
-// Totals of schedule(config, nq, nk, causal) (Pq, Pk, S of the plan tensors).
+// Totals of schedule(config, nq, nk, causal) (Pq, Pk, S of the plan tensors; all 0 when no piece is
+// approximated, e.g. nk <= min_seq_len). InvalidArgument as schedule(); a null `sizes` is allowed.
 FASTNORM_API Status plan_sizes(const HyperAttnConfig& config, int64_t nq, int64_t nk, bool causal,
                                HyperAttnPlanSizes* sizes);
 
-// Checks sizes, dtype, strides presence, scale and config of a problem (both devices call it).
+// Checks sizes, dtype, pointer presence, scale and config of a problem without running anything (both devices'
+// entry points call it first). Ok or InvalidArgument.
 FASTNORM_API Status validate(const HyperAttnProblem& p);
 
 // ---- CPU -------------------------------------------------------------------------------------------
 
-// LSH sort keys of every row of one tensor (§3.1).
+// LSH sort keys of every row of one tensor (§3.1): keys [batch, heads, n] int32 from x [batch, heads, n, D]
+// (any float dtype) and proj [D, num_projs] float32. InvalidArgument for bad sizes, num_projs outside [0, 16],
+// a non-float dtype or a null pointer.
 FASTNORM_API Status lsh_hash(const HyperAttnHashParams& p);
 
-// Bytes of workspace plan() needs (hash keys of q and k, sort scratch).
+// Bytes of workspace plan() needs (hash keys of q and k, sort scratch). Never fails.
 FASTNORM_API size_t plan_workspace_size(const HyperAttnProblem& p, int32_t num_projs);
 
 // Builds the plan (§3.2-§3.4): hashes q and k, stable-sorts every Approx piece's rows and keys by
-// (key, index), and turns sample words into ranks floor(w * nk' / 2^31). plan's pointers are outputs.
+// (key, index), and turns sample words into ranks floor(w * nk' / 2^31). plan's pointers are outputs
+// (q_perm [B, Hq, pq], k_perm [B, Hkv, pk], samples [B, Hkv, s] int32). A no-op when pq == 0. InvalidArgument
+// as validate(), for plan sizes other than plan_sizes(), num_projs outside [0, 16], null proj / sample_words
+// / plan pointers, or a small workspace.
 FASTNORM_API Status plan(const HyperAttnProblem& p, const HyperAttnPlanInputs& in, const HyperAttnPlan& plan,
                          void* workspace, size_t workspace_size);
 
-// Bytes of workspace forward() needs (the fp32/fp64 accumulator of causal merges, gathered samples).
+// Bytes of workspace forward() needs (the fp32/fp64 accumulator of causal merges, gathered samples). Never fails.
 FASTNORM_API size_t forward_workspace_size(const HyperAttnProblem& p);
 
 // Forward (§3.5-§3.7, §3.10): out and lse of the estimator, exact sub-problems tiled, pieces merged in
-// schedule order. Nk == 0 gives out = 0, lse = -inf. Bitwise independent of the thread count.
+// schedule order: out [B, Hq, Nq, D] (own strides), lse [B, Hq, Nq]. Nk == 0 gives out = 0, lse = -inf. Bitwise
+// independent of the thread count. InvalidArgument as validate(), for a plan that does not match plan_sizes(),
+// a null out / lse / v, or a small workspace.
 FASTNORM_API Status forward(const HyperAttnProblem& p, const HyperAttnPlan& plan, const HyperAttnOutput& o,
                             void* workspace, size_t workspace_size);
 
 // Bytes of workspace backward() needs (fp32/fp64 dq/dk/dv accumulators, D_i, per-block sample partials).
+// Never fails.
 FASTNORM_API size_t backward_workspace_size(const HyperAttnProblem& p);
 
 // Backward (§3.9): the exact gradient of the computed estimator with the final merged LSE, dlse included.
-// No atomics; every accumulator has one owner and a fixed order.
+// No atomics; every accumulator has one owner and a fixed order. Writes dq [B, Hq, Nq, D] and dk, dv
+// [B, Hkv, Nk, D]. InvalidArgument as validate(), for a mismatched plan, a null dq / dout / out / lse / dk / dv
+// where the shape needs it, or a small workspace.
 FASTNORM_API Status backward(const HyperAttnProblem& p, const HyperAttnPlan& plan, const HyperAttnGrads& g,
                              void* workspace, size_t workspace_size);
 
-// LSE merge of two partial results (§3.7).
+// LSE merge of two partial results (§3.7), HyperAttnMergeParams. InvalidArgument for negative sizes, a
+// non-float dtype or a null pointer.
 FASTNORM_API Status merge(const HyperAttnMergeParams& p);
 
 // ---- CUDA twins (csrc/core/cuda/hyper_attention.cu; only in builds with CUDA) ----------------------
@@ -195,7 +214,8 @@ namespace cuda {
 
 // As the CPU functions, on `stream`, with device pointers (the params structs themselves are host
 // memory). They launch asynchronously, never synchronise and never allocate; CudaError carries
-// cudaGetErrorString of a failed launch. Float64 is Unsupported.
+// cudaGetErrorString of a failed launch. Float64 is Unsupported, and so are launches past a grid or shared-
+// memory limit (e.g. head_dim too large for the tile); argument errors are the CPU functions' InvalidArgument.
 
 // LSH sort keys (one launch).
 FASTNORM_API Status lsh_hash(const HyperAttnHashParams& p, CUstream_st* stream);

@@ -6,6 +6,14 @@
 //   p = fma(-lr, u, p*(1 - delta))        (decay and step are two roundings)
 //   m = b2*g + a2*m                       (stored in the state dtype, round to nearest even)
 // CPU and CUDA evaluate the same FASTNORM_HD function (detail/lion_math.h) and agree bitwise.
+//
+// Dtypes: params and grads P in {Float32, Float64, Float16, BFloat16}; exp_avg S = P or Float32 (Float64 for
+// Float64 params); master weights Float32 (16-bit P, Float32 S only).
+// Status of validate() and the steps: Ok (also for n_tensors == 0 and empty tensors); Unsupported for a dtype
+// outside these rules; InvalidArgument for a bad hyper-parameter (lr not finite and >= 0, beta1/beta2 outside
+// [0, 1), weight_decay not finite and >= 0, decay_lr_power not in {0, 1, 2}, decay_ref not finite and > 0,
+// cautious_min_frac outside (0, 1], unknown nan_policy), master weights or stochastic rounding with the wrong
+// dtypes, negative numel, or a null pointer of a non-empty tensor.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -44,7 +52,7 @@ struct LionStepParams {
   double lr = 0.0;
   const void* lr_device = nullptr;
   DType lr_dtype = DType::Float32;
-  double beta1 = 0.9, beta2 = 0.99, weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.99, weight_decay = 0.0;  // betas in [0, 1); decoupled weight decay >= 0
   // Weight decay per step: delta = weight_decay * lr^k / decay_ref  (k = decay_lr_power in {0, 1, 2}).
   int32_t decay_lr_power = 1;
   double decay_ref = 1.0;
@@ -55,28 +63,31 @@ struct LionStepParams {
   const float* found_inf = nullptr;
   bool maximize = false;
   bool cautious = false;             // timm-normalised cautious mask; needs workspace_bytes()
-  double cautious_min_frac = 1e-3;
+  double cautious_min_frac = 1e-3;   // floor of the kept fraction in the 1/frac rescale, in (0, 1]
   bool stochastic_rounding = false;  // bf16 params without master weights only
-  uint64_t sr_seed = 0;
+  uint64_t sr_seed = 0;              // Philox key of stochastic rounding
   int64_t sr_step = 0;                       // or, when set, one int64 read by the kernel:
   const int64_t* sr_step_device = nullptr;
   NanPolicy nan_policy = NanPolicy::Propagate;
   void* workspace = nullptr;  // workspace_bytes() bytes (device memory for the CUDA step)
-  size_t workspace_size = 0;
+  size_t workspace_size = 0;  // bytes at workspace
   int num_threads = 0;        // CPU only; 0 = the OpenMP default
 };
 
-// Checks dtypes, hyper-parameters and pointers (not values behind device pointers). Both steps call it.
+// Checks dtypes, hyper-parameters and pointers (not values behind device pointers) without touching any
+// tensor; both steps call it. Status codes as above.
 FASTNORM_API Status validate(const LionStepParams& p);
 
 // Scratch the step needs: 8 bytes per tensor with cautious (exact per-tensor mask counts), else 0.
 FASTNORM_API size_t workspace_bytes(const LionStepParams& p);
 
-// The CPU step (OpenMP over 16384-element chunks; serial below 32768 elements in all).
+// The CPU step: updates param, exp_avg (and master) of every tensor in place, host pointers (OpenMP over
+// 16384-element chunks; serial below 32768 elements in all). Status as validate(). The CPU step keeps its
+// cautious counts itself: p.workspace is not read.
 FASTNORM_API Status step(const LionStepParams& p);
 
-// Opmath scalars shared by the CPU and CUDA kernels, exposed for tests.
-// Philox4x32-10 (Salmon et al. 2011): the random bits of stochastic rounding.
+// Philox4x32-10 (Salmon et al. 2011), the generator of stochastic rounding's random bits, exposed for tests:
+// out = philox(counter, key). Never fails.
 FASTNORM_API void philox4x32_10_host(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
 
 namespace cuda {
@@ -89,7 +100,7 @@ constexpr size_t kArgHeaderBytes = 256;    // the scalars every launch carries
 constexpr size_t kArgSpaceSmall = 4096;
 constexpr size_t kArgSpaceLarge = 32764;
 
-// How many tensors fit in one launch's arguments.
+// How many tensors fit in one launch's arguments (0 for depth < 1 or no room past the header). Never fails.
 FASTNORM_API int64_t tensors_per_launch(int depth, size_t arg_space_bytes);
 
 struct LaunchRange {
@@ -100,7 +111,7 @@ struct LaunchRange {
 
 // Splits n_tensors tensors (numels[i] >= 0; empty ones take no chunk) into launches, in order: a launch
 // ends when the argument space is full or its grid would pass 2^31 - 1 blocks. Writes up to `capacity`
-// ranges into `out` (nullable) and returns the number of launches.
+// ranges into `out` (nullable) and returns the number of launches. Never fails (no Status).
 FASTNORM_API int64_t plan_launches(const int64_t* numels, int64_t n_tensors, int depth, size_t arg_space_bytes,
                                    LaunchRange* out, int64_t capacity);
 }  // namespace cuda

@@ -13,11 +13,14 @@ namespace cuda {
 
 // The fused multi-tensor Lion step: updates every tensor of `p` in place, bitwise equal to the CPU step.
 // One (param, state, master) dtype combination per call; with cautious, p.workspace holds
-// workspace_bytes(p) bytes, cleared here with cudaMemsetAsync.
+// workspace_bytes(p) bytes, cleared here with cudaMemsetAsync. Status: validate()'s codes (lion.h);
+// InvalidArgument for a cautious step with a smaller workspace; CudaError for a failed CUDA call; Internal
+// if the launch plan and the kernel arguments disagree (a bug).
 FASTNORM_API Status step(const LionStepParams& p, cudaStream_t stream);
 
 // Whether kernels on `device` can take 32 KB of arguments (CUDA runtime and driver >= 12.1, compute
-// capability >= 7.0, and this library built with CUDA >= 12.1). Cached per device after the first query.
+// capability >= 7.0, and this library built with CUDA >= 12.1). Cached per device after the first query;
+// false when the query fails.
 FASTNORM_API bool large_kernel_params_supported(int device);
 
 }  // namespace cuda

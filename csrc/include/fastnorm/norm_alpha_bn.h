@@ -13,6 +13,10 @@
 // The forward saves mean = mu (the mixed mean) and rstd; the backward recomputes mu_b from x.
 // Sums are fp32 (fp64 for fp64 x) over fixed blocks, combined in double in a fixed order: results do not
 // depend on the thread count.
+// Dtypes: x, y, dy, dx any float type; weight/bias a float type, Float64 only with Float64 x; running stats
+// any float type.
+// Status: Ok; Unsupported for other dtypes; InvalidArgument for negative sizes, alpha_source outside [0, 1],
+// eps not finite and > 0, a null pointer the shape needs (x, y, running stats, dy, mean/rstd, workspace).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -32,9 +36,9 @@ struct AlphaBatchNormParams {
   DType w_dtype = DType::Float32;
   void* y = nullptr; DType y_dtype = DType::Float32;        // x's shape and layout
   void* mean = nullptr; void* rstd = nullptr;               // [C] stats dtype (fp32, fp64 for fp64 x)
-  double alpha_source = 1.0;
-  double eps = 1e-5;
-  bool unbiased_batch_var = false;
+  double alpha_source = 1.0;                     // a in [0, 1]: 1 = source (running) statistics only
+  double eps = 1e-5;                             // added to var; finite, > 0
+  bool unbiased_batch_var = false;               // var_b divided by n - 1 instead of n
 };
 
 struct AlphaBatchNormBwdParams {
@@ -47,18 +51,19 @@ struct AlphaBatchNormBwdParams {
   void* dx = nullptr; DType dx_dtype = DType::Float32;      // or null
   void* dweight = nullptr; void* dbias = nullptr;           // [C] in w_dtype, or null
   void* workspace = nullptr;                                // alpha_batch_norm_bwd_workspace_bytes()
-  double alpha_source = 1.0;
-  bool unbiased_batch_var = false;
+  double alpha_source = 1.0;                     // as in the forward
+  bool unbiased_batch_var = false;               // as in the forward
 };
 
 // CPU scratch of the forward / backward (per-block partial sums, doubles).
 FASTNORM_API size_t alpha_batch_norm_fwd_workspace_bytes(const AlphaBatchNormParams& p);
 FASTNORM_API size_t alpha_batch_norm_bwd_workspace_bytes(const AlphaBatchNormBwdParams& p);
-// alpha-BN forward on the CPU; `workspace` as sized above (may be null when the size is 0).
+// alpha-BN forward on the CPU: y (x's shape and layout), mean/rstd [C]; `workspace` as sized above (may be null
+// when the size is 0). Status as above; InvalidArgument also for a missing workspace.
 FASTNORM_API Status alpha_batch_norm_fwd(const AlphaBatchNormParams& p, void* workspace);
-// alpha-BN backward on the CPU: dx, dweight, dbias (each optional).
+// alpha-BN backward on the CPU: dx (x's layout), dweight/dbias [C] (each optional). Status as above.
 FASTNORM_API Status alpha_batch_norm_bwd(const AlphaBatchNormBwdParams& p);
-// Argument checks shared by the CPU and CUDA entry points.
+// Argument checks shared by the CPU and CUDA entry points, without running anything (same codes as the ops).
 FASTNORM_API Status validate(const AlphaBatchNormParams& p);
 FASTNORM_API Status validate(const AlphaBatchNormBwdParams& p);
 

@@ -1,5 +1,6 @@
-// CUDA twins of the alpha-BN entry points (norm_alpha_bn.h): device pointers, launch on `stream`, never
-// synchronise; a failed launch returns CudaError.
+// CUDA twins of the alpha-BN entry points (norm_alpha_bn.h): same Params, device pointers, launch on `stream`,
+// never synchronise. Status: the CPU validate()'s codes, Unsupported for more than 2^31-1 (n, c) planes,
+// CudaError (cudaGetErrorString) for a failed launch.
 #pragma once
 #include <cuda_runtime_api.h>
 

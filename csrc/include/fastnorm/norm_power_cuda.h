@@ -1,5 +1,6 @@
-// CUDA twins of the PowerNorm entry points (norm_power.h); same Params, launched on `stream`, never
-// synchronising it. Workspace sizes differ from the CPU ones: query the CUDA functions.
+// CUDA twins of the PowerNorm entry points (norm_power.h); same Params, device pointers, launched on `stream`,
+// never synchronising it. Workspace sizes differ from the CPU ones: query the CUDA functions. Status: the CPU
+// checks' codes (nothing launched), CudaError (cudaGetErrorString) for a failed launch.
 #pragma once
 #include <cuda_runtime.h>
 

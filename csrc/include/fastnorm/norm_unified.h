@@ -13,6 +13,12 @@
 // Column sums are deterministic: rows are split into a fixed number of blocks that depends on M only
 // (per backend), each block sums in the accumulation type A (float, double for float64 x) and the block
 // partials are added in block order in double. The caller allocates `workspace` with *_workspace_bytes().
+//
+// Dtypes: x (and y, dy, dx) any float type; weight/bias and the state a float type, Float64 only with Float64 x;
+// dy must have x's dtype.
+// Status of every entry point: Ok; Unsupported for other dtypes; InvalidArgument for negative sizes, window < 1,
+// iteration < 1, eps not finite and > 0, momentum outside [0, 1], a row stride < cols, or a null pointer the
+// shape needs (x, weight, workspace, the state, statistics and skip pointers, y / dy).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -32,10 +38,10 @@ struct UnifiedNormParams {
   const void* buffer_x2 = nullptr;                // [Lf, C]
   DType state_dtype = DType::Float32;
   const int64_t* skip_counter = nullptr;          // [1]
-  int64_t window = 4;                             // Lf
-  int64_t iteration = 1, warmup_iters = 4000, compensation_start = 1000;
-  bool outlier_filtration = false;
-  double eps = 1e-5, momentum = 0.9;
+  int64_t window = 4;                             // Lf >= 1: mean squares kept for the geometric mean
+  int64_t iteration = 1, warmup_iters = 4000, compensation_start = 1000;  // t >= 1, W, S
+  bool outlier_filtration = false;                // adaptive outlier filtration (skip the update on outliers)
+  double eps = 1e-5, momentum = 0.9;              // eps > 0; running_var EMA momentum in [0, 1]
   void* y = nullptr;                              // [M, C] in x_dtype
   void* var = nullptr; void* rho = nullptr;       // [C] stats dtype
   uint8_t* skip = nullptr;                        // [1]
@@ -56,9 +62,9 @@ struct UnifiedNormBwdParams {
   const uint8_t* skip = nullptr;                          // [1]
   const void* weight = nullptr; DType w_dtype = DType::Float32;
   const void* ema_gz = nullptr; const void* buffer_gz = nullptr; DType state_dtype = DType::Float32;
-  int64_t window = 4;                                      // Lb
-  int64_t iteration = 1, warmup_iters = 4000;
-  double eps = 1e-5, momentum = 0.9;
+  int64_t window = 4;                                      // Lb >= 1
+  int64_t iteration = 1, warmup_iters = 4000;              // t >= 1, W
+  double eps = 1e-5, momentum = 0.9;                       // as in the forward; ema_gz momentum in [0, 1]
   void* dx = nullptr;                                      // [M, C] in x_dtype
   void* dweight = nullptr; void* dbias = nullptr;          // [C] in w_dtype
   void* new_ema_gz = nullptr; void* new_buffer_gz = nullptr;
@@ -69,26 +75,31 @@ struct UnifiedNormBwdParams {
 // (contiguous); computed in float32 (float64 for float64 x), output in x_dtype.
 struct ChannelAffineParams {
   int64_t outer = 0, channels = 0, inner = 0;
-  const void* x = nullptr; DType x_dtype = DType::Float32;
-  const void* scale = nullptr; const void* shift = nullptr; DType s_dtype = DType::Float32;
-  void* y = nullptr;
+  const void* x = nullptr; DType x_dtype = DType::Float32;  // [outer, C, inner] contiguous, any float type
+  const void* scale = nullptr; const void* shift = nullptr; DType s_dtype = DType::Float32;  // [C] each
+  void* y = nullptr;                                          // x's shape, x_dtype
 };
 
 // Row blocks of the CPU column sums (depends on rows only).
 FASTNORM_API int64_t unified_norm_num_blocks(int64_t rows);
+// CPU scratch bytes of the forward / backward (8-byte per-block column partials, row counts, per-channel scratch).
 FASTNORM_API size_t unified_norm_fwd_workspace_bytes(const UnifiedNormParams& p);
 FASTNORM_API size_t unified_norm_bwd_workspace_bytes(const UnifiedNormBwdParams& p);
 
-// Checks shared by the CPU and CUDA entry points.
+// Checks shared by the CPU and CUDA entry points, without running anything (same codes as the ops).
 FASTNORM_API Status validate(const UnifiedNormParams& p);
 FASTNORM_API Status validate(const UnifiedNormBwdParams& p);
 FASTNORM_API Status validate(const ChannelAffineParams& p);
 
-// Training forward of UN (writes y, var, rho, skip and the new state).
+// Training forward of UN on the CPU: y [M, C], var/rho [C], skip [1] and the new state (new_running_var [C],
+// new_buffer_x2 [Lf, C], new_skip_counter [1]). Status as above.
 FASTNORM_API Status unified_norm_fwd(const UnifiedNormParams& p);
-// Training backward of UN (writes dx, dweight, dbias and the new backward state).
+// Training backward of UN on the CPU: dx [M, C], dweight/dbias [C] and the new backward state (new_ema_gz [C],
+// new_buffer_gz [Lb, C]). Status as above.
 FASTNORM_API Status unified_norm_bwd(const UnifiedNormBwdParams& p);
-// Per-channel affine (UN eval: scale = gamma/sqrt(running_var + eps), shift = beta).
+// Per-channel affine on the CPU (UN eval: scale = gamma/sqrt(running_var + eps), shift = beta). Status: Ok;
+// Unsupported for a non-float x or a scale dtype other than a float type (Float64 only with Float64 x);
+// InvalidArgument for negative sizes or a null pointer.
 FASTNORM_API Status channel_affine(const ChannelAffineParams& p);
 
 }  // namespace norm

@@ -9,6 +9,14 @@
 // for (null pointer = not needed) and, when grad_c is set, the curvature gradient of §3.6
 //   dL/dc = (1/(2c)) * (sum_p <dp, p> - alpha * <g, out>)
 // reduced deterministically (fixed blocks of rows, fixed-order sum; independent of the thread count).
+//
+// Every row op below (X_fwd / X_bwd) takes RowOpParams: which of in[], scalar, out, grad_in[] it reads and
+// writes, and their shapes, are in the table above RowOpParams. Dtypes: vectors Float32, Float16, BFloat16 or
+// Float64 (`dtype`), per-vector scalars and c any float type. Status of every entry point: Ok (also for empty
+// tensors); Unsupported for a non-float dtype; InvalidArgument for negative sizes, eps outside (0, 1), a null
+// c, input, out (forward), grad (backward) or r (mobius_scalar_mul), or, in a backward with grad_c, a workspace
+// smaller than <op>_workspace_bytes(). The midpoint adds: an empty reduced dimension (R == 0 with outputs),
+// grad_weights without weights, a workspace smaller than midpoint_workspace_bytes().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,9 +36,9 @@ struct RowLayout {
 // The curvature magnitude c: one element of a float dtype, read on the host (on_host, or any CPU op) or by the
 // CUDA kernels from device memory (no host sync). c <= 0 is not checked here (gives NaN), see spec §5.
 struct Curvature {
-  const void* ptr = nullptr;
-  DType dtype = DType::Float32;
-  bool on_host = true;
+  const void* ptr = nullptr;     // one element of `dtype` (required)
+  DType dtype = DType::Float32;  // any float type
+  bool on_host = true;           // CUDA only: ptr is host memory, read at launch (else device memory)
 };
 
 // Parameters of every row op (project ... transp, residual). Which slots an op uses:
@@ -64,14 +72,14 @@ struct RowOpParams {
   double eps = 4e-3;                     // projection eps: radius (1-eps)/sqrt(c) (per-dtype default §4)
   bool project = true;                   // project the output (ops with a `project` flag)
   void* workspace = nullptr;             // <op>_workspace_bytes(p) bytes (only needed with grad_c)
-  size_t workspace_bytes = 0;
+  size_t workspace_bytes = 0;            // bytes at workspace
   int num_threads = 0;                   // 0 = OpenMP default
 };
 
 // Weighted gyromidpoint (§3.4) over R points for each of `batch` outputs. x is contiguous [batch, R, D]
 // (the binding moves reduce_dim and dim there), weights [batch, R] or null (all 1), out [batch, D].
 struct MidpointParams {
-  int64_t batch = 0, R = 0, D = 0;
+  int64_t batch = 0, R = 0, D = 0;       // outputs, points per output, vector size
   DType dtype = DType::Float32;          // x, out, grad, dx
   DType w_dtype = DType::Float32;        // weights, dweights
   const void* x = nullptr;
@@ -82,11 +90,11 @@ struct MidpointParams {
   void* grad_weights = nullptr;          // backward: [batch, R] or null (needs weights)
   void* grad_c = nullptr;                // backward: one element of c.dtype, or null
   Curvature c;
-  double eps = 4e-3;
-  bool project = true;
+  double eps = 4e-3;                     // projection eps, in (0, 1)
+  bool project = true;                   // project the output
   void* workspace = nullptr;             // midpoint_workspace_bytes(p) bytes
-  size_t workspace_bytes = 0;
-  int num_threads = 0;
+  size_t workspace_bytes = 0;            // bytes at workspace
+  int num_threads = 0;                   // 0 = OpenMP default
 };
 
 // Row-op identifiers (used by the generic entry points and the tests).
@@ -95,11 +103,12 @@ enum class RowOp : int32_t {
   Transp, Residual,
 };
 
-// Checks a row op's params (null pointers, negative sizes, dtypes) without running anything.
+// Checks a row op's (or the midpoint's) params (null pointers, negative sizes, dtypes, eps, workspace) without
+// running anything; every entry point calls it first. Same Status codes as the ops.
 FASTNORM_API Status validate(RowOp op, const RowOpParams& p, bool backward);
 FASTNORM_API Status validate(const MidpointParams& p, bool backward);
 
-// Generic CPU entry points (the named ones below forward to these).
+// Generic CPU entry points: forward / backward of row op `op` (the named ones below forward to these).
 FASTNORM_API Status row_fwd(RowOp op, const RowOpParams& p);
 FASTNORM_API Status row_bwd(RowOp op, const RowOpParams& p);
 // Workspace of a row op's backward on the CPU: one double per block of rows when grad_c is set, else 0.
@@ -142,11 +151,13 @@ FASTNORM_API Status transp_bwd(const RowOpParams& p);
 FASTNORM_API Status residual_fwd(const RowOpParams& p);
 FASTNORM_API Status residual_bwd(const RowOpParams& p);
 
-// Weighted gyromidpoint forward / backward (§3.4).
+// Weighted gyromidpoint forward (out [batch, D]) / backward (grad_x [batch, R, D], grad_weights [batch, R],
+// grad_c), §3.4; both need workspace of midpoint_workspace_bytes(p, backward) bytes.
 FASTNORM_API Status midpoint_fwd(const MidpointParams& p);
 FASTNORM_API Status midpoint_bwd(const MidpointParams& p);
 
-// CPU workspace sizes (bytes) of the ops that reduce across rows (curvature grads, midpoint partials).
+// CPU workspace sizes (bytes) of the ops that reduce across rows: for a row op, what its backward needs when
+// grad_c is set (0 otherwise; forwards need none). Never fail.
 FASTNORM_API size_t project_workspace_bytes(const RowOpParams& p);
 FASTNORM_API size_t mobius_add_workspace_bytes(const RowOpParams& p);
 FASTNORM_API size_t mobius_scalar_mul_workspace_bytes(const RowOpParams& p);

@@ -2,6 +2,8 @@
 // synchronises, allocates or copies device -> host, and returns a Status (CudaError carries the launch error).
 // All pointers of the params are device pointers on the current device, except c when c.on_host (then c.ptr
 // is host memory read at launch). Workspaces come from the caller (torch's allocator in the binding).
+// Params, shapes and dtypes are those of poincare.h. Status: the CPU validate()'s codes (nothing launched);
+// CudaError (cudaGetErrorString) for a failed launch.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -18,7 +20,7 @@ FASTNORM_API Status row_bwd(RowOp op, const RowOpParams& p, cudaStream_t stream)
 // Device workspace of a row op's backward: one double per block when grad_c is set, else 0.
 FASTNORM_API size_t row_workspace_bytes(RowOp op, const RowOpParams& p);
 
-// Named entry points (forward to row_fwd / row_bwd with the op's id).
+// Named entry points (forward to row_fwd / row_bwd with the op's id); what each computes: poincare.h.
 FASTNORM_API Status project_fwd(const RowOpParams& p, cudaStream_t stream);
 FASTNORM_API Status project_bwd(const RowOpParams& p, cudaStream_t stream);
 FASTNORM_API Status mobius_add_fwd(const RowOpParams& p, cudaStream_t stream);
@@ -44,7 +46,8 @@ FASTNORM_API Status transp_bwd(const RowOpParams& p, cudaStream_t stream);
 FASTNORM_API Status residual_fwd(const RowOpParams& p, cudaStream_t stream);
 FASTNORM_API Status residual_bwd(const RowOpParams& p, cudaStream_t stream);
 
-// Weighted gyromidpoint: one warp per (output, chunk of points) task, partials in the workspace.
+// Weighted gyromidpoint forward / backward: one warp per (output, chunk of points) task, partials in the
+// workspace, whose size (device memory) midpoint_workspace_bytes of this namespace gives.
 FASTNORM_API Status midpoint_fwd(const MidpointParams& p, cudaStream_t stream);
 FASTNORM_API Status midpoint_bwd(const MidpointParams& p, cudaStream_t stream);
 FASTNORM_API size_t midpoint_workspace_bytes(const MidpointParams& p, bool backward);

@@ -15,6 +15,11 @@
 // (sara_cuda.h). Every entry point validates its arguments and returns a Status whose message reads
 // "<op>: argument '<name>' <expected>, got <actual>". CPU entry points also check the index values (in range,
 // strictly increasing: O(k)); CUDA kernels clamp their reads instead.
+// Status of every entry point: Ok (k == 0 and empty weights are valid no-ops); Unsupported for a dtype the op
+// does not take (weights/values: Float16, BFloat16, Float32, Float64 unless stated; indices and row_ptr: Int32
+// or Int64, Int32 only below 2^31 elements); InvalidArgument for negative sizes, null pointers the shape
+// needs, out-of-range / unsorted / duplicate indices (CPU), a row_ptr that is not the CSR offsets of the
+// indices (CPU, when given), bad hyper-parameters, or a workspace smaller than the *_workspace_bytes().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +56,9 @@ struct SaraHistogramParams {
   uint64_t prefix = 0;
   int num_threads = 0;           // CPU only; 0 = OpenMP default
 };
+// Adds the 256-bin histogram of digit (key >> shift) & 255 over the keys with (key & prefix_mask) == prefix
+// to hist (NaN never counted). InvalidArgument also for a shift that is not a multiple of 8 in
+// [0, key bits - 8] or a null hist.
 FASTNORM_API Status sara_abs_histogram(const SaraHistogramParams& p);
 
 struct SaraSelectParams {
@@ -66,22 +74,26 @@ struct SaraSelectParams {
   int64_t* block_counts = nullptr;   // workspace: 2 * sara_select_blocks(numel) int64, filled by _count
   int num_threads = 0;
 };
-// Blocks of the compaction (each block's counts are one workspace pair).
+// Blocks of the compaction (each block's counts are one workspace pair). Never fails.
 FASTNORM_API int64_t sara_select_blocks(int64_t numel);
-// Phase 1: per-block counts into block_counts; *count = the number of selected entries.
+// Phase 1: per-block counts into block_counts; *count = the number of selected entries (size of the outputs
+// of phase 2). InvalidArgument also for a null count or block_counts, or eq_quota < 0.
 FASTNORM_API Status sara_select_count(const SaraSelectParams& p, int64_t* count);
-// Phase 2 (after _count with the same params): writes the selected flat indices (ascending) and base values.
+// Phase 2 (after _count with the same params): writes the selected flat indices (ascending, index_dtype) and
+// base values (weight's dtype, when base is set). InvalidArgument also for null indices or block_counts.
 FASTNORM_API Status sara_select_write(const SaraSelectParams& p);
 
 // ---- layout ----------------------------------------------------------------------------------------------
 struct SaraRowPtrParams {
-  const void* indices = nullptr;
+  const void* indices = nullptr;   // k sorted unique flat indices into [rows x cols]
   DType index_dtype = DType::Int32;
   int64_t k = 0;
-  int64_t rows = 0, cols = 0;
+  int64_t rows = 0, cols = 0;      // the weight's matrix shape
   void* row_ptr = nullptr;          // rows + 1 offsets
   DType row_ptr_dtype = DType::Int32;  // Int32 when k < 2^31, else Int64
 };
+// row_ptr[r] = number of indices < r * cols, for r in [0, rows] (CSR row offsets). InvalidArgument also for
+// a null row_ptr or an Int32 row_ptr with k >= 2^31.
 FASTNORM_API Status sara_row_ptr(const SaraRowPtrParams& p);
 
 struct SaraScatterParams {
@@ -95,9 +107,11 @@ struct SaraScatterParams {
   const void* base = nullptr;      // k of weight_dtype; null = add mode (read weight[idx])
   const void* delta = nullptr;     // k of delta_dtype
   DType delta_dtype = DType::Float32;
-  double alpha = 1.0;
-  int num_threads = 0;
+  double alpha = 1.0;              // scale of delta (finite); 0 restores base exactly
+  int num_threads = 0;             // CPU only; 0 = OpenMP default
 };
+// weight[idx_j] = RN_w(base_j + alpha*delta_j) (set mode) or RN_w(weight[idx_j] + alpha*delta_j) (add mode),
+// in place, through `layout` (up to 8 dims). InvalidArgument also for a non-finite alpha or ndim > 8.
 FASTNORM_API Status sara_scatter(const SaraScatterParams& p);
 
 // ---- masked weight gradient --------------------------------------------------------------------------------
@@ -122,12 +136,15 @@ struct SaraSddmmParams {
   size_t workspace_size = 0;
   int num_threads = 0;
 };
-// Scratch bytes the call needs: the packed X^T panel (cols x nc) plus one dY column of nc per thread, capped at
-// max(min(k * sizeof(w), 8 MiB), 256 KiB) and never more than half a dense weight; 0 selects the panel-free path.
+// CPU scratch bytes the call needs: the packed X^T panel (cols x nc) plus one dY column of nc per thread, capped
+// at max(min(k * sizeof(w), 8 MiB), 256 KiB) and never more than half a dense weight; 0 selects the panel-free
+// path. Never fails.
 FASTNORM_API size_t sara_sddmm_workspace_bytes(const SaraSddmmParams& p);
 
 // The chunk length the CPU kernel uses for these params (0 = panel-free), exposed for tests.
 FASTNORM_API int64_t sara_sddmm_chunk(const SaraSddmmParams& p);
+// The masked Linear weight gradient above: out [k] from grad_out [n, rows] and input [n, cols]. InvalidArgument
+// also for cols == 0 with k > 0, or a workspace smaller than sara_sddmm_workspace_bytes().
 FASTNORM_API Status sara_sddmm(const SaraSddmmParams& p);
 
 struct SaraConv2dSddmmParams {
@@ -146,14 +163,18 @@ struct SaraConv2dSddmmParams {
   int64_t k = 0;
   const void* row_ptr = nullptr;
   DType row_ptr_dtype = DType::Int32;
-  void* out = nullptr;
-  bool deterministic = false;
-  void* workspace = nullptr;
+  void* out = nullptr;             // k of float32 (float64 for float64 inputs)
+  bool deterministic = false;      // CPU: always deterministic
+  void* workspace = nullptr;       // sara_conv2d_sddmm_workspace_bytes(p) bytes
   size_t workspace_size = 0;
-  int num_threads = 0;
+  int num_threads = 0;             // CPU only; 0 = OpenMP default
 };
-// CPU: 0 (direct per-entry loops over the two planes, no scratch).
+// CPU: 0 (direct per-entry loops over the two planes, no scratch). Never fails.
 FASTNORM_API size_t sara_conv2d_sddmm_workspace_bytes(const SaraConv2dSddmmParams& p);
+// The masked Conv2d weight gradient: out_j = dW[o, c, p, q] at idx_j of the weight [O, C/groups, kh, kw] viewed
+// as [O, C/groups*kh*kw], from grad_out and input by implicit im2col. InvalidArgument also for kernel < 1,
+// groups not dividing the channels, stride / dilation < 1, padding < 0, or an output size other than the
+// geometry implies.
 FASTNORM_API Status sara_conv2d_sddmm(const SaraConv2dSddmmParams& p);
 
 // ---- optimizer -------------------------------------------------------------------------------------------
@@ -170,14 +191,18 @@ struct SaraAdamWTensor {
   SaraTensorRef base;                              // k of the weight dtype
 };
 struct SaraAdamWParams {
-  const SaraAdamWTensor* tensors = nullptr;
+  const SaraAdamWTensor* tensors = nullptr;  // host array of n_tensors
   int64_t n_tensors = 0;
-  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
-  double bias_correction1 = 1, bias_correction2 = 1;
-  bool decay_absolute = false;
-  double alpha = 1.0;
-  int num_threads = 0;
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;  // lr, eps, wd >= 0; betas in [0, 1)
+  double bias_correction1 = 1, bias_correction2 = 1;  // 1 - beta^t, in (0, 1]
+  bool decay_absolute = false;               // decay the merged weight base + d instead of d
+  double alpha = 1.0;                        // scale of the write-through (finite)
+  int num_threads = 0;                       // CPU only; 0 = OpenMP default
 };
+// The fused AdamW step above, in place on every tensor's delta/exp_avg/exp_avg_sq and weight[idx].
+// Dtypes: delta, exp_avg, exp_avg_sq, grad one of Float32 / Float64 shared by all tensors (Float64 exactly for
+// Float64 weights); weights and bases one float dtype. Unsupported for other dtypes; InvalidArgument also for
+// a bad hyper-parameter or lists of different lengths.
 FASTNORM_API Status sara_adamw_step(const SaraAdamWParams& p);
 
 // ---- sparse x dense ----------------------------------------------------------------------------------------
@@ -195,12 +220,14 @@ struct SaraSpmmParams {
   const void* dense = nullptr;
   void* out = nullptr;
   bool transpose = false;
-  bool deterministic = false;
-  void* workspace = nullptr;       // CPU transpose: sara_spmm_workspace_bytes(p) for thread partials
+  bool deterministic = false;      // CPU: always deterministic
+  void* workspace = nullptr;       // CPU: none (sara_spmm_workspace_bytes = 0); CUDA: sara_spmm_workspace_bytes_cuda
   size_t workspace_size = 0;
-  int num_threads = 0;
+  int num_threads = 0;             // CPU only; 0 = OpenMP default
 };
+// CPU scratch bytes of sara_spmm: 0 (the CPU transpose sorts in host memory of its own). Never fails.
 FASTNORM_API size_t sara_spmm_workspace_bytes(const SaraSpmmParams& p);
+// S * dense or S^T * dense as above. Dtypes: values/dense/out Float32 or Float64 only (Unsupported otherwise).
 FASTNORM_API Status sara_spmm(const SaraSpmmParams& p);
 
 }  // namespace sara
