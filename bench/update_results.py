@@ -85,6 +85,8 @@ def _density(e):
 LABELS = {
     "bench_poincare": lambda e, name: (f"{e['op']} fwd+bwd D={e['D']} N={e['N']} {e['dtype']}" if "D" in e else
                                        f"{e['op']} fwd+bwd {e.get('shape')} {'weighted' if e.get('weighted') else 'unweighted'}"),
+    "bench_norm_evonorm": lambda e, name: (f"{e['op']} {e['pass']} {e.get('dtype', '')} {e.get('format', '')} cpu "
+                                           f"{name.split('[')[1].split('-')[0]}"),
     "bench_hyper_attention": lambda e, name: (f"{'fwd+bwd' if 'backward' in name else 'forward'} {_causal(e)} "
                                               f"N={e['N']}"),
     "bench_hyper_attention_cuda": lambda e, name: (f"{'fwd+bwd' if e.get('backward') else 'forward'} {_causal(e)} "
