@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -212,10 +213,10 @@ def main(argv=None):
             if stem == "fastnorm_bench_lion":
                 flags.append("--benchmark_repetitions=" + ("1" if quick else "3"))
             shown = f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {os.path.relpath(b, ROOT)} " + " ".join(flags)
-            # Google Benchmark's context values cannot hold ',' or ' ' (the flag is key=value,key=value)
+            # the flag is key=value,key=value: values are percent-encoded (update_results.py decodes them)
             ctx = {"fastnorm_mode": a.mode, "fastnorm_load1": f"{load1():.2f}",
-                   "fastnorm_cpu": cpu_model().replace(" ", "_").replace(",", ""),
-                   "fastnorm_command": (driver + " → " + shown).replace(",", "^").replace(" ", "~")}
+                   "fastnorm_cpu": urllib.parse.quote(cpu_model(), safe=""),
+                   "fastnorm_command": urllib.parse.quote(driver + " → " + shown, safe="")}
             cmd = [b] + flags + [f"--benchmark_out={out}", "--benchmark_out_format=json",
                                  "--benchmark_context=" + ",".join(f"{k}={v}" for k, v in ctx.items())]
             log = os.path.join(a.out, stem + ".log")

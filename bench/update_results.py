@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_RE = re.compile(r"(<!-- bench:([a-z0-9_-]+) begin -->\n)(.*?)(<!-- bench:\2 end -->)", re.S)
@@ -180,9 +181,9 @@ def read_gbench(data, path, order0=0):
         return []
     load = ctx.get("load_avg") or None
     run = {"start": ctx.get("date"), "loadavg_start": [float(ctx["fastnorm_load1"])] if "fastnorm_load1" in ctx
-           else load, "cpu_model": ctx.get("fastnorm_cpu", "").replace("_", " ") or None,
+           else load, "cpu_model": urllib.parse.unquote(ctx.get("fastnorm_cpu", "")) or None,
            "cores": ctx.get("num_cpus"), "torch": None, "mode": ctx.get("fastnorm_mode"),
-           "command": ctx.get("fastnorm_command", "").replace("~", " ").replace("^", ",") or None,
+           "command": urllib.parse.unquote(ctx.get("fastnorm_command", "")) or None,
            "threads": ctx.get("omp_threads"), "path": path, "gbench": True,
            "copy": {k: v for k, v in ctx.items() if k.startswith("copy_GB/s")}}
     rows = {}

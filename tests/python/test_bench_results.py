@@ -163,8 +163,8 @@ def test_google_benchmark_and_memory_tables(tmp_path):
     gb = tmp_path / "fastnorm_bench_lion.json"
     gb.write_text(json.dumps({
         "context": {"date": "2026-11-27T07:55:00+00:00", "executable": "build/cpp/bench/cpp/fastnorm_bench_lion",
-                    "num_cpus": 2, "load_avg": [3.5, 2, 1], "fastnorm_mode": "full", "fastnorm_cpu": "Test_CPU",
-                    "fastnorm_command": "make~bench~→~fastnorm_bench_lion~--benchmark_min_time=0.2"},
+                    "num_cpus": 2, "load_avg": [3.5, 2, 1], "fastnorm_mode": "full", "fastnorm_cpu": "Test%20CPU",
+                    "fastnorm_command": "make%20bench%20%E2%86%92%20fastnorm_bench_lion%20--benchmark_min_time%3D0.2"},
         "benchmarks": [
             {"name": "lion_step/tensors:4/real_time", "run_name": "lion_step/tensors:4/real_time",
              "run_type": "iteration", "real_time": 36.0, "time_unit": "ms", "bytes_per_second": 2.75e10,
