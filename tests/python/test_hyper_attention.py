@@ -593,6 +593,20 @@ def test_module_drop_in_two_layer_model_and_patch():
     assert not any("hyper_attention" in k for k in model.state_dict())
 
 
+def test_patch_attention_default_sdpa_fallback_does_not_recurse():
+    # Regression: with the default exact_fallback="sdpa", a call below min_seq_len went to
+    # F.scaled_dot_product_attention, which patch_attention had rebound to the module itself (RecursionError).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_TinyAttention(32, 4))
+    x = torch.randn(2, 20, 32)
+    base = model(x)
+    handle = fastnorm.nn.patch_attention(model, 8)
+    assert model[0].hyper_attention.exact_fallback == "sdpa"
+    torch.testing.assert_close(model(x), base, atol=1e-6, rtol=1e-6)
+    handle.remove()
+    assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
+
+
 # ---- 14. opcheck and compile ------------------------------------------------------------------------------------
 def _opcheck_args():
     B, Hq, Hkv, N, D, b, m, mn = 1, 2, 1, 40, 8, 4, 3, 8

@@ -9,6 +9,9 @@ from torch import Tensor, nn
 from ..ops.hyper_attention import hyper_attention, plan_sizes
 
 _EXACT_FALLBACKS = ("sdpa", "fastnorm")
+# The exact fallback calls torch's own SDPA, captured here: patch_attention rebinds F.scaled_dot_product_attention
+# to a HyperAttention, which through F would call itself again (infinite recursion) on every exact call.
+_torch_sdpa = torch._C._nn.scaled_dot_product_attention
 _UNSUPPORTED = ("error", "exact")
 
 
@@ -85,8 +88,8 @@ class HyperAttention(nn.Module):
     def _sdpa(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         if self.layout == "bnhd":
             query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        out = _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
         return out.transpose(1, 2) if self.layout == "bnhd" else out
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
