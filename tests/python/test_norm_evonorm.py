@@ -1,6 +1,7 @@
 """Tests of EvoNorm B0 / S0 (specs/norm.md §3.9, §6 test 14): parity with the plain-PyTorch reference replicas
 (and with timm when it can be imported), float64 gradcheck, the max-tie rule, tf semantics, opcheck,
 torch.compile, errors, empty tensors and CUDA against CPU."""
+import copy
 import importlib.util
 import os
 import sys
@@ -451,3 +452,23 @@ def test_cuda_matches_cpu(dtype, fmt, kind, training):
         assert rel_err(gg[n].cpu(), gc[n]) < max(t, 1e-4)
     if kind == "EvoNorm2dB0":
         assert rel_err(gpu.running_var.cpu(), cpu.running_var) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["EvoNorm2dB0", "EvoNorm2dS0"])
+def test_fused_add(kind):
+    # Every norm module has fused_add (specs/norm.md §2.2): (norm(x + residual), x + residual).
+    torch.manual_seed(3)
+    make_mod = lambda: getattr(fastnorm.nn, kind)(8, **({"groups": 4} if kind == "EvoNorm2dS0" else {}))
+    mod = make_mod()
+    with torch.no_grad():
+        mod.weight.uniform_(0.5, 1.5), mod.bias.uniform_(-0.5, 0.5), mod.v.uniform_(0.5, 1.5)
+    plain_mod = copy.deepcopy(mod)  # B0 in training updates running_var: compare two modules in the same state
+    x, r = torch.randn(2, 8, 5, 5), torch.randn(2, 8, 5, 5)
+    y, s = mod.fused_add(x, r)
+    assert torch.equal(s, x + r)
+    assert torch.equal(y, plain_mod(x + r))
+    assert all(torch.equal(a, b) for a, b in zip(mod.buffers(), plain_mod.buffers()))
+    xb, rb = x.bfloat16(), r.bfloat16()
+    modb = make_mod().bfloat16()
+    yf, sf = modb.fused_add(xb, rb, residual_in_fp32=True)
+    assert sf.dtype == torch.float32 and torch.equal(sf, xb.float() + rb.float())

@@ -4,15 +4,25 @@ same constructor arguments, initialisation and state_dict keys (``weight``, ``bi
 without Bessel, S0 group lowering, max-tie gradient); TF's names ``gamma``/``beta``/``v``/``moving_variance``
 map one to one onto these keys.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..ops import norm_evonorm as F
+from .norm_crms import _residual_sum
 
 
-class EvoNorm2dB0(torch.nn.Module):
+class _FusedAdd:
+    def fused_add(self, x: Tensor, residual: Optional[Tensor], *, residual_in_fp32: bool = False
+                  ) -> Tuple[Tensor, Tensor]:
+        """``(evonorm(s), s)`` with ``s = x + residual`` summed in float32 (composite, not one kernel), the
+        add & norm rule every fastnorm norm module shares (specs/norm.md §2.2, §3.3)."""
+        s = _residual_sum(x, residual, residual_in_fp32)
+        return self.forward(s), s
+
+
+class EvoNorm2dB0(_FusedAdd, torch.nn.Module):
     """EvoNorm-B0 on [B, C, H, W] input (NCHW or channels_last). In training the batch variance is used
     and ``running_var`` is updated; in eval ``running_var`` is used. ``eps=None``: 1e-3 (timm) / 1e-5 (tf).
     ``apply_act=False`` drops the normalisation (and ``v``): y = weight*x + bias."""
@@ -50,7 +60,7 @@ class EvoNorm2dB0(torch.nn.Module):
                 f"semantics={self.semantics!r}")
 
 
-class EvoNorm2dS0(torch.nn.Module):
+class EvoNorm2dS0(_FusedAdd, torch.nn.Module):
     """EvoNorm-S0 on [B, C, H, W] input: y = x * sigmoid(v*x) / group_std(x) * weight + bias. ``group_size``
     overrides ``groups``; with ``semantics="tf"`` a group count that does not divide C is lowered until it
     does (timm raises). ``apply_act=False`` drops the normalisation (and ``v``)."""

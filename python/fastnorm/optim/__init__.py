@@ -2,4 +2,4 @@
 from .lion import Lion
 from .sara import SaRA
 
-__all__ = ["Lion"]
+__all__ = ["Lion", "SaRA"]
